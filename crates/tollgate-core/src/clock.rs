@@ -1,0 +1,122 @@
+//! Where "now" comes from.
+//!
+//! Every algorithm in tollgate takes the current time as an argument; only stores read a clock.
+//! Time is a `u64` count of nanoseconds since the Unix epoch: integer arithmetic with no float
+//! drift, and room until the year 2554.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Nanoseconds since the Unix epoch.
+pub type Nanos = u64;
+
+/// A source of the current time for a store.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time, in nanoseconds since the Unix epoch. Must never go backwards.
+    fn now(&self) -> Nanos;
+}
+
+/// Wall-clock time that never goes backwards.
+///
+/// The wall clock is read once, when the clock is created; later readings add the elapsed time
+/// of the monotonic [`Instant`]. An NTP step of the system clock therefore cannot make a limiter
+/// forget or double-count (the pitfall of clocks that can go backwards).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    anchor_wall: Nanos,
+    anchor: Instant,
+}
+
+impl SystemClock {
+    /// Anchors a new clock at the current wall-clock time.
+    pub fn new() -> Self {
+        let anchor_wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| saturating_nanos(d));
+        Self {
+            anchor_wall,
+            anchor: Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Nanos {
+        self.anchor_wall
+            .saturating_add(saturating_nanos(self.anchor.elapsed()))
+    }
+}
+
+/// A clock that moves only when told to: for tests, simulations and the conformance table.
+///
+/// Clones share the same time.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate_core::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new(1_000);
+/// clock.advance(Duration::from_nanos(500));
+/// assert_eq!(clock.now(), 1_500);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock that reads `start` until it is moved.
+    pub fn new(start: Nanos) -> Self {
+        Self(Arc::new(AtomicU64::new(start)))
+    }
+
+    /// Sets the time. Moving it backwards is allowed here, so tests can probe that stores cope.
+    pub fn set(&self, now: Nanos) {
+        self.0.store(now, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(saturating_nanos(by), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Nanos {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock> Clock for Arc<C> {
+    fn now(&self) -> Nanos {
+        (**self).now()
+    }
+}
+
+/// A duration as nanoseconds, saturating at `u64::MAX` (584 years).
+pub(crate) fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_is_monotonic_and_near_wall_time() {
+        let clock = SystemClock::new();
+        let a = clock.now();
+        let b = clock.now();
+        assert!(b >= a);
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(wall.abs_diff(b) < 1_000_000_000);
+    }
+}

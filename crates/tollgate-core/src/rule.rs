@@ -1,0 +1,245 @@
+//! A [`Rule`]: a named quota, the algorithm that enforces it, a cost per request, and whether it
+//! is enforced or only observed (shadow mode).
+//!
+//! Which requests a rule applies to and how their keys are made is the HTTP layer's business;
+//! here a rule is only "how much, measured how".
+
+use std::fmt;
+use std::hash::Hasher;
+use std::sync::Arc;
+
+use siphasher::sip::SipHasher13;
+
+use crate::algorithm::Algorithm;
+use crate::quota::Quota;
+
+/// Longest rule name accepted.
+pub const MAX_RULE_NAME_LEN: usize = 64;
+
+/// A named quota and how it is enforced.
+///
+/// ```
+/// use tollgate_core::{Algorithm, Quota, Rule};
+///
+/// let per_token = Rule::builder("per_token", Quota::per_minute(600)?)
+///     .algorithm(Algorithm::FixedWindow)
+///     .build()?;
+/// assert_eq!(per_token.name(), "per_token");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Rule {
+    inner: Arc<RuleInner>,
+}
+
+struct RuleInner {
+    name: Box<str>,
+    id: u64,
+    quota: Quota,
+    algorithm: Algorithm,
+    cost: u64,
+    shadow: bool,
+}
+
+/// Why a [`Rule`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The name was empty, too long, or had characters other than ASCII letters, digits, `_`,
+    /// `-` and `.` (names become part of store keys and log lines).
+    #[error("rule name {0:?} is invalid: use 1 to 64 ASCII letters, digits, '_', '-' or '.'")]
+    InvalidName(String),
+    /// The cost per request was zero.
+    #[error("rule {rule:?}: the cost per request must be at least 1")]
+    ZeroCost {
+        /// The rule.
+        rule: String,
+    },
+    /// A request would cost more than the rule can ever admit, so it could never pass.
+    #[error("rule {rule:?}: a cost of {cost} exceeds what {algorithm} can ever admit at once ({capacity}); raise the limit or burst, or lower the cost")]
+    CostAboveCapacity {
+        /// The rule.
+        rule: String,
+        /// The cost asked for.
+        cost: u64,
+        /// What the algorithm admits at most.
+        capacity: u64,
+        /// The algorithm.
+        algorithm: &'static str,
+    },
+}
+
+impl Rule {
+    /// A rule with the default algorithm (GCRA) and a cost of 1 per request.
+    pub fn builder(name: impl Into<String>, quota: Quota) -> RuleBuilder {
+        RuleBuilder {
+            name: name.into(),
+            quota,
+            algorithm: Algorithm::default(),
+            cost: 1,
+            shadow: false,
+        }
+    }
+
+    /// The rule's name, unique within a limiter.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// A stable 64-bit identifier derived from the name.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The quota.
+    pub fn quota(&self) -> &Quota {
+        &self.inner.quota
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.inner.algorithm
+    }
+
+    /// What one request costs.
+    pub fn cost(&self) -> u64 {
+        self.inner.cost
+    }
+
+    /// Shadow rules are evaluated, charged and reported, but never deny a request.
+    pub fn is_shadow(&self) -> bool {
+        self.inner.shadow
+    }
+}
+
+impl fmt::Debug for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rule")
+            .field("name", &self.name())
+            .field("quota", self.quota())
+            .field("algorithm", &self.algorithm())
+            .field("cost", &self.cost())
+            .field("shadow", &self.is_shadow())
+            .finish()
+    }
+}
+
+/// Builds a [`Rule`]; see [`Rule::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RuleBuilder {
+    name: String,
+    quota: Quota,
+    algorithm: Algorithm,
+    cost: u64,
+    shadow: bool,
+}
+
+impl RuleBuilder {
+    /// The algorithm (default: GCRA).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// What one request costs (default: 1).
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Shadow mode: evaluate and report, never deny (default: off).
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Checks the rule and builds it.
+    pub fn build(self) -> Result<Rule, RuleError> {
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= MAX_RULE_NAME_LEN
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !valid_name {
+            return Err(RuleError::InvalidName(self.name));
+        }
+        if self.cost == 0 {
+            return Err(RuleError::ZeroCost { rule: self.name });
+        }
+        let capacity = self.algorithm.capacity(&self.quota);
+        if self.cost > capacity {
+            return Err(RuleError::CostAboveCapacity {
+                rule: self.name,
+                cost: self.cost,
+                capacity,
+                algorithm: self.algorithm.name(),
+            });
+        }
+        let mut hasher = SipHasher13::new_with_keys(0x746f_6c6c_6761_7465, 0x7275_6c65_5f69_6421);
+        hasher.write(self.name.as_bytes());
+        Ok(Rule {
+            inner: Arc::new(RuleInner {
+                id: hasher.finish(),
+                name: self.name.into_boxed_str(),
+                quota: self.quota,
+                algorithm: self.algorithm,
+                cost: self.cost,
+                shadow: self.shadow,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_rules_are_typed_errors() {
+        let q = Quota::per_second(5).unwrap();
+        assert!(matches!(
+            Rule::builder("", q).build(),
+            Err(RuleError::InvalidName(_))
+        ));
+        assert!(matches!(
+            Rule::builder("a:b", q).build(),
+            Err(RuleError::InvalidName(_))
+        ));
+        assert!(matches!(
+            Rule::builder("x".repeat(65), q).build(),
+            Err(RuleError::InvalidName(_))
+        ));
+        assert!(matches!(
+            Rule::builder("r", q).cost(0).build(),
+            Err(RuleError::ZeroCost { .. })
+        ));
+        assert!(matches!(
+            Rule::builder("r", q).cost(6).build(),
+            Err(RuleError::CostAboveCapacity { capacity: 5, .. })
+        ));
+        // GCRA's capacity is the burst, the windows' the limit.
+        let bursty = q.with_burst(10).unwrap();
+        assert!(Rule::builder("r", bursty).cost(8).build().is_ok());
+        assert!(Rule::builder("r", bursty)
+            .algorithm(Algorithm::FixedWindow)
+            .cost(8)
+            .build()
+            .is_err());
+    }
+
+    #[test]
+    fn id_depends_on_name_only() {
+        let a = Rule::builder("a", Quota::per_second(1).unwrap())
+            .build()
+            .unwrap();
+        let a2 = Rule::builder("a", Quota::per_day(9).unwrap())
+            .build()
+            .unwrap();
+        let b = Rule::builder("b", Quota::per_second(1).unwrap())
+            .build()
+            .unwrap();
+        assert_eq!(a.id(), a2.id());
+        assert_ne!(a.id(), b.id());
+    }
+}

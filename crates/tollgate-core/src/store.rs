@@ -1,0 +1,60 @@
+//! The [`Store`] trait: where rate-limit state lives.
+//!
+//! A store decides a whole request at once: every (rule, key) pair it must pass, all-or-nothing.
+//! If any enforced rule denies, no rule is charged, so a request refused by one bucket never burns
+//! another. The trait is shaped so that a networked store (Redis) can answer it in one round trip.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::decision::Outcome;
+use crate::key::Key;
+use crate::rule::Rule;
+
+/// One (rule, key) pair a request must pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Check<'a> {
+    /// The rule.
+    pub rule: &'a Rule,
+    /// Who is being limited, as far as this rule is concerned.
+    pub key: Key,
+}
+
+/// Idempotent replays: a request that repeats an idempotency key already charged for the same
+/// identity is admitted without being charged again, up to `max_replays` times within `ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// Digest of the identity together with the idempotency key.
+    pub key: Key,
+    /// How long a charged request may be replayed for free.
+    pub ttl: Duration,
+    /// How many free replays a charged request gets; later ones are charged like any request.
+    pub max_replays: u32,
+}
+
+/// Where rate-limit state lives: in this process ([`MemoryStore`](crate::MemoryStore)) or shared
+/// (Redis, in `tollgate-redis`).
+pub trait Store: Send + Sync + 'static {
+    /// Why the store could not decide (the memory store never fails).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Decides a request that must pass every check, charging every rule's cost if and only if no
+    /// enforced rule denies it. Shadow rules are charged when they admit, and never deny.
+    ///
+    /// With `replay`, a request whose replay key was charged within its TTL, and replayed fewer
+    /// than `max_replays` times, is admitted without charge (`Outcome::replayed`).
+    ///
+    /// Checks must name distinct rules.
+    fn check(
+        &self,
+        checks: &[Check<'_>],
+        replay: Option<&Replay>,
+    ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
+
+    /// Reports, charging nothing, whether the request would pass now and where each check stands:
+    /// `remaining` is what is left now, and a check that would deny says when it would pass.
+    fn peek(
+        &self,
+        checks: &[Check<'_>],
+    ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
+}
