@@ -33,7 +33,7 @@ impl SystemClock {
     pub fn new() -> Self {
         let anchor_wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| saturating_nanos(d));
+            .map_or(0, saturating_nanos);
         Self {
             anchor_wall,
             anchor: Instant::now(),

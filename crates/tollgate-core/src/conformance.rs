@@ -138,7 +138,8 @@ pub fn cases() -> Vec<Case> {
                 req(0, vec![ok(2, 200)]),
                 req(0, vec![ok(0, 400)]),
                 req(0, vec![no(0, 400, 200)]),
-                req(199, vec![no(0, 201, 1)]),
+                // One unit (of cost 1) is free again, but this request costs 2.
+                req(199, vec![no(1, 201, 1)]),
                 req(200, vec![ok(0, 400)]),
             ],
         },

@@ -398,16 +398,23 @@ impl Tables {
         table(self).insert(slot, state);
     }
 
-    /// Drops every state that can no longer affect a decision.
+    /// Drops every state that can no longer affect a decision, and gives back the memory of
+    /// tables left mostly empty.
     fn sweep(&mut self, now: Nanos) {
-        self.gcra.retain(|_, s| Gcra::expires_at(s) > now);
-        self.fixed_window
-            .retain(|_, s| FixedWindow::expires_at(s) > now);
-        self.sliding_window
-            .retain(|_, s| SlidingWindow::expires_at(s) > now);
-        self.sliding_log
-            .retain(|_, s| SlidingLog::expires_at(s) > now);
-        self.replays.retain(|_, r| r.expires_at > now);
+        fn sweep_table<S>(table: &mut Table<S>, live: impl Fn(&S) -> bool) {
+            table.retain(|_, s| live(s));
+            // Hysteresis: shrink only well below capacity, so a steady load does not rehash.
+            if table.len() < table.capacity() / 4 {
+                table.shrink_to(table.len() * 2);
+            }
+        }
+        sweep_table(&mut self.gcra, |s| Gcra::expires_at(s) > now);
+        sweep_table(&mut self.fixed_window, |s| FixedWindow::expires_at(s) > now);
+        sweep_table(&mut self.sliding_window, |s| {
+            SlidingWindow::expires_at(s) > now
+        });
+        sweep_table(&mut self.sliding_log, |s| SlidingLog::expires_at(s) > now);
+        sweep_table(&mut self.replays, |r| r.expires_at > now);
         self.inserts_since_sweep = 0;
     }
 

@@ -15,14 +15,13 @@ pub struct SlidingWindow;
 /// A sliding-window counter's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlidingWindowState {
-    /// End of the current window.
-    pub window_end: Nanos,
+    /// End of the window after the current one: when the state stops mattering. (The current
+    /// window ends one period earlier; keeping only this instant saves 8 bytes a key.)
+    pub expires_at: Nanos,
     /// Cost admitted in the window before the current one.
     pub previous: u64,
     /// Cost admitted in the current window.
     pub current: u64,
-    /// When the state stops mattering: the end of the window after the current one.
-    pub expires_at: Nanos,
 }
 
 /// `floor(a * b / c)`, exact.
@@ -42,11 +41,11 @@ impl StateMachine for SlidingWindow {
         let limit = quota.limit();
         let period = quota.period_nanos();
         let aligned_end = window_start(now, period) + period;
-        let (window_end, previous, current) = match state {
+        let (window_end, previous, current) = match state.map(|s| (s.expires_at - period, s)) {
             // The same window (or a later one, if the clock went back).
-            Some(s) if s.window_end > now => (s.window_end, s.previous, s.current),
+            Some((end, s)) if end > now => (end, s.previous, s.current),
             // The state's window just ended: it becomes the previous one.
-            Some(s) if s.window_end + period == aligned_end => (aligned_end, s.current, 0),
+            Some((end, s)) if end + period == aligned_end => (aligned_end, s.current, 0),
             _ => (aligned_end, 0, 0),
         };
         let start = window_end - period;
@@ -70,10 +69,9 @@ impl StateMachine for SlidingWindow {
             let current = current + cost;
             let decision = Decision::allow(limit, limit - used - cost, reset_after(current));
             let next = SlidingWindowState {
-                window_end,
+                expires_at: window_end + period,
                 previous,
                 current,
-                expires_at: window_end + period,
             };
             (decision, Some(next))
         } else {

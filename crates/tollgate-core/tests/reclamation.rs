@@ -1,0 +1,96 @@
+//! State that can no longer affect a decision is reclaimed without the user calling anything.
+
+use std::time::{Duration, Instant};
+
+use tollgate_core::conformance::BASE;
+use tollgate_core::{Check, KeySecret, ManualClock, MemoryStore, Quota, Rule};
+
+const KEYS: u64 = 1_000_000;
+
+fn one_off_keys(store: &MemoryStore<ManualClock>, rule: &Rule, salt: u64) {
+    for i in 0..KEYS {
+        let key = KeySecret::DEFAULT
+            .key()
+            .part(&salt.to_le_bytes())
+            .part(&i.to_le_bytes())
+            .finish();
+        assert!(store.check_now(&[Check { rule, key }], None).allowed);
+    }
+}
+
+#[test]
+fn a_background_sweep_releases_a_million_keys_after_the_horizon() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new(BASE);
+    let store = runtime.block_on(async {
+        MemoryStore::builder()
+            .clock(clock.clone())
+            .sweep_interval(Some(Duration::from_millis(20)))
+            .build()
+    });
+    let rule = Rule::builder("per_client", Quota::per_second(1).unwrap())
+        .build()
+        .unwrap();
+    one_off_keys(&store, &rule, 0);
+    assert!(
+        store.len() as u64 >= KEYS * 9 / 10,
+        "keys still in use are kept"
+    );
+
+    // One second later every key's quota is whole again: nothing left that could matter.
+    clock.advance(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} keys left after 10 s",
+            store.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn without_a_runtime_inserts_sweep_as_they_go() {
+    // Built outside any Tokio runtime: no background task, only amortised sweeping.
+    let clock = ManualClock::new(BASE);
+    let store = MemoryStore::builder().clock(clock.clone()).build();
+    let rule = Rule::builder("per_client", Quota::per_second(1).unwrap())
+        .build()
+        .unwrap();
+    one_off_keys(&store, &rule, 0);
+    clock.advance(Duration::from_secs(2));
+    one_off_keys(&store, &rule, 1);
+    // The first million expired before the second arrived; the bound leaves room for the
+    // sweep's amortisation (each shard sweeps after inserting half as many keys as it holds).
+    let len = store.len() as u64;
+    assert!(len <= KEYS + KEYS / 10, "{len} keys held");
+}
+
+#[test]
+fn a_key_cap_bounds_the_store_under_a_flood_of_distinct_keys() {
+    let clock = ManualClock::new(BASE);
+    let store = MemoryStore::builder()
+        .clock(clock.clone())
+        .shards(16)
+        .max_keys(10_000)
+        .sweep_interval(None)
+        .build();
+    let rule = Rule::builder("per_client", Quota::per_minute(10).unwrap())
+        .build()
+        .unwrap();
+    for i in 0u64..100_000 {
+        let key = KeySecret::DEFAULT.key().part(&i.to_le_bytes()).finish();
+        assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+    }
+    assert!(store.len() <= 10_000, "{} keys held", store.len());
+    assert!(
+        store.len() >= 9_000,
+        "the cap is used, not undershot: {}",
+        store.len()
+    );
+}
