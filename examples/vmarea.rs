@@ -1,0 +1,120 @@
+//! A VMArea-like API: per-token 600/min on `/api/public/v1/*`, per-IP 100/min for requests
+//! without a token, `Idempotency-Key` replays for free.
+//!
+//! ```sh
+//! cargo run --example vmarea
+//! TOLLGATE_STRICT=1 cargo run --example vmarea   # the per-IP bucket applies to every request
+//! ```
+//!
+//! `/auth/login` and `/auth/signup` need no key; `/api/public/v1/vms` needs an `x-api-key`
+//! (any non-empty key is accepted, and its token id derived from it; a missing key is a 401).
+
+use std::net::SocketAddr;
+
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tollgate::core::Store;
+use tollgate::presets::vmarea::VmArea;
+use tollgate::{RateLimitLayer, TokenId};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .init();
+
+    let strict = std::env::var_os("TOLLGATE_STRICT").is_some();
+    let limits = VmArea::new().strict(strict).builder();
+
+    // The store: the one place to choose it. Memory for now; with REDIS_URL set, the Redis
+    // store of tollgate-redis goes here (`limits.store(redis_store)`), every instance then
+    // sharing the same buckets.
+    if std::env::var_os("REDIS_URL").is_some() {
+        tracing::warn!(
+            "REDIS_URL is set, but this example is not wired to Redis yet: using memory"
+        );
+    }
+    serve(limits.build()?).await
+}
+
+/// Serves the app with a limiter on any store.
+async fn serve<S: Store>(limiter: RateLimitLayer<S>) -> Result<(), Box<dyn std::error::Error>> {
+    let app = Router::new()
+        .route(
+            "/auth/login",
+            post(|| async { json(r#"{"success": true, "token": "demo"}"#) }),
+        )
+        .route(
+            "/auth/signup",
+            post(|| async { json(r#"{"success": true}"#) }),
+        )
+        .merge(
+            Router::new()
+                .route(
+                    "/api/public/v1/vms",
+                    get(|| async { json(r#"{"success": true, "vms": []}"#) })
+                        .post(|| async { json(r#"{"success": true, "vm": {"id": "vm_1"}}"#) }),
+                )
+                .layer(middleware::from_fn(require_token)),
+        )
+        // The limiter runs after authentication, so it sees the TokenId.
+        .layer(limiter)
+        .layer(middleware::from_fn(authenticate));
+
+    let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let addr = listener.local_addr()?;
+    println!("vmarea example listening on http://{addr}");
+    println!("try: curl -i -H 'x-api-key: demo' http://{addr}/api/public/v1/vms");
+    println!("     curl -i -X POST -H 'x-api-key: demo' -H 'Idempotency-Key: vm-1' http://{addr}/api/public/v1/vms");
+    println!("     for i in $(seq 101); do curl -s -X POST http://{addr}/auth/login; echo; done");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The app's auth layer: a non-empty `x-api-key` is valid; its token id is derived from it.
+async fn authenticate(mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(token_id);
+    if let Some(token) = token {
+        request.extensions_mut().insert(token);
+    }
+    next.run(request).await
+}
+
+/// The public API answers 401 without a key.
+async fn require_token(request: Request, next: Next) -> Response {
+    if request.extensions().get::<TokenId>().is_none() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"success": false, "error": "Missing or invalid x-api-key header."}"#,
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// A demo token id: a digest of the key (an app would look the key up in its database).
+fn token_id(key: &str) -> TokenId {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    TokenId(format!("tok_{:016x}", hasher.finish()))
+}
+
+fn json(body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

@@ -1,0 +1,212 @@
+//! The VMArea model: two stacked buckets, per API token and per client IP.
+//!
+//! | bucket | limit | keyed by | applies to |
+//! | --- | --- | --- | --- |
+//! | `per_token` | 600 requests / minute | the token id the app's auth layer sets | `/api/public/v1/*` |
+//! | `per_ip` | 100 requests / minute | client IP | requests without an authenticated token |
+//!
+//! Both use fixed 60-second windows by default, so `X-RateLimit-Reset` is the number of seconds
+//! until the window resets. The 429 body names the bucket that tripped:
+//!
+//! ```text
+//! {"success": false, "error": "Rate limit exceeded for this API token: 600 requests per minute. Retry after 42."}
+//! {"success": false, "error": "Rate limit exceeded for this IP address: 100 requests per minute. Retry after 7."}
+//! ```
+//!
+//! # Why the per-IP bucket skips authenticated requests
+//!
+//! The per-token bucket exists so that customers behind one NAT are not penalised for each
+//! other's traffic. Were the 100/min per-IP cap also charged for authenticated requests, a
+//! token's 600/min would be unreachable (every request from that token's address would hit the
+//! per-IP cap first), and every customer behind a shared address would share 100/min. So by
+//! default the per-IP bucket charges only requests that carry no authenticated token: it guards
+//! the unauthenticated routes (login, signup), where abuse comes from. [`VmArea::strict`] makes
+//! both buckets apply to every request, for deployments that want a hard per-address ceiling.
+//!
+//! # Wiring
+//!
+//! The per-token bucket is keyed by a typed request extension — [`TokenId`] unless
+//! [`VmArea::token`] names another type — that the app's auth layer inserts once `x-api-key`
+//! checks out. Put the rate-limit layer *inside* (after) the auth layer, so it sees the
+//! extension: with axum, the last `.layer()` call runs first.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use tollgate::presets::vmarea::VmArea;
+//!
+//! # fn auth_layer() -> tower::layer::util::Identity { tower::layer::util::Identity::new() }
+//! # fn run() -> Result<(), tollgate::BuildError> {
+//! let limiter = VmArea::new().builder().build()?;
+//! let app: Router = Router::new()
+//!     .route("/api/public/v1/vms", get(|| async { "[]" }))
+//!     .layer(limiter)       // runs second: sees the TokenId
+//!     .layer(auth_layer()); // runs first: inserts the TokenId
+//! # Ok(()) }
+//! ```
+//!
+//! Idempotent replays are on by default: a retry repeating an `Idempotency-Key` already charged
+//! for the same identity does not burn quota again (24 h, 5 replays; see
+//! [`Idempotency`]).
+
+use std::time::Duration;
+
+use tollgate_core::{Algorithm, MemoryStore, Quota, Rule};
+
+use crate::key::{Identifier, KeyPart, TokenId};
+use crate::response::Denial;
+use crate::{BuildError, Idempotency, Limit, RateLimitBuilder, RateLimitLayer, Scope};
+
+/// The name of the per-token rule.
+pub const PER_TOKEN: &str = "per_token";
+/// The name of the per-IP rule.
+pub const PER_IP: &str = "per_ip";
+
+/// Configures the VMArea preset; [`builder`](Self::builder) turns it into a
+/// [`RateLimitBuilder`] for the store, trusted proxies and any other setting.
+///
+/// ```
+/// use tollgate::presets::vmarea::VmArea;
+///
+/// let limiter = VmArea::new()
+///     .strict(true)
+///     .builder()
+///     .trusted_proxies(["10.0.0.0/8"])
+///     .build()?;
+/// assert_eq!(limiter.metrics().limits.len(), 2);
+/// # Ok::<(), tollgate::BuildError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct VmArea {
+    per_token: u64,
+    per_ip: u64,
+    api_path: String,
+    token: KeyPart,
+    strict: bool,
+    algorithm: Algorithm,
+    idempotency: Option<Idempotency>,
+}
+
+impl Default for VmArea {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VmArea {
+    /// 600 per minute per token on `/api/public/v1/*`, 100 per minute per IP for
+    /// unauthenticated requests, fixed windows, idempotent replays on.
+    pub fn new() -> Self {
+        Self {
+            per_token: 600,
+            per_ip: 100,
+            api_path: "/api/public/v1/*".to_owned(),
+            token: KeyPart::extension::<TokenId>(),
+            strict: false,
+            algorithm: Algorithm::FixedWindow,
+            idempotency: Some(Idempotency::new()),
+        }
+    }
+
+    /// Requests per minute per token (default 600).
+    pub fn per_token(mut self, per_minute: u64) -> Self {
+        self.per_token = per_minute;
+        self
+    }
+
+    /// Requests per minute per client IP (default 100).
+    pub fn per_ip(mut self, per_minute: u64) -> Self {
+        self.per_ip = per_minute;
+        self
+    }
+
+    /// The request extension that carries the authenticated token's id (default [`TokenId`]).
+    pub fn token<T: Identifier>(mut self) -> Self {
+        self.token = KeyPart::extension::<T>();
+        self
+    }
+
+    /// The paths of the per-token bucket (default `/api/public/v1/*`; see
+    /// [`RoutePattern`](crate::RoutePattern)).
+    pub fn api_path(mut self, pattern: impl Into<String>) -> Self {
+        self.api_path = pattern.into();
+        self
+    }
+
+    /// Strict mode: the per-IP bucket applies to every request, authenticated or not (default
+    /// off; see the [module documentation](crate::presets::vmarea) for why).
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// The algorithm of both buckets (default fixed windows, reset on the minute).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// Idempotent replays (default: [`Idempotency::new`]); `None` turns them off.
+    pub fn idempotency(mut self, idempotency: Option<Idempotency>) -> Self {
+        self.idempotency = idempotency;
+        self
+    }
+
+    /// The preset as a layer builder, with a [`MemoryStore`] until
+    /// [`store`](RateLimitBuilder::store) says otherwise.
+    pub fn builder(self) -> RateLimitBuilder<MemoryStore> {
+        let mut builder = RateLimitLayer::builder();
+        match self.limits() {
+            Ok(limits) => {
+                for limit in limits {
+                    builder = builder.limit(limit);
+                }
+            }
+            Err(error) => builder = builder.error(error),
+        }
+        if let Some(idempotency) = self.idempotency {
+            builder = builder.idempotency(idempotency);
+        }
+        builder.on_denied(deny)
+    }
+
+    fn limits(&self) -> Result<[Limit; 2], BuildError> {
+        let minute = Duration::from_secs(60);
+        let rule = |name, limit| -> Result<Rule, BuildError> {
+            Ok(Rule::builder(name, Quota::new(limit, minute)?)
+                .algorithm(self.algorithm)
+                .build()?)
+        };
+        let per_token = Limit::new(rule(PER_TOKEN, self.per_token)?)
+            .scope(Scope::all().path(&self.api_path))
+            .key(self.token.clone());
+        let ip_scope = if self.strict {
+            Scope::all()
+        } else {
+            Scope::all().without(self.token.clone())
+        };
+        let per_ip = Limit::new(rule(PER_IP, self.per_ip)?)
+            .scope(ip_scope)
+            .key(KeyPart::client_ip());
+        Ok([per_token, per_ip])
+    }
+}
+
+/// The VMArea 429 body, naming the bucket that tripped.
+fn deny(denial: &Denial<'_>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let bucket = match denial.rule().name() {
+        PER_TOKEN => "API token",
+        PER_IP => "IP address",
+        _ => {
+            return denial.json(format!(
+                r#"{{"success": false, "error": "Rate limit exceeded. Retry after {}."}}"#,
+                denial.retry_after_secs()
+            ))
+        }
+    };
+    denial.json(format!(
+        r#"{{"success": false, "error": "Rate limit exceeded for this {bucket}: {} requests per minute. Retry after {}."}}"#,
+        denial.rule().quota().limit(),
+        denial.retry_after_secs()
+    ))
+}

@@ -1,0 +1,178 @@
+//! Route patterns: `/api/v0/instances/{id}/`, `/api/public/v1/*`.
+//!
+//! One syntax serves two purposes: a [`Scope`](crate::Scope) says which paths a limit applies
+//! to, and, for a plain hyper service that has no router to name the matched route, the patterns
+//! given to [`RateLimitBuilder::routes`](crate::RateLimitBuilder::routes) turn a raw path into its
+//! route template (what axum's `MatchedPath` gives for free).
+//!
+//! Patterns are parsed once, when the layer is built.
+
+use std::fmt;
+
+/// A parsed route pattern.
+///
+/// A pattern is a path of `/`-separated segments, each one of:
+/// - a literal, matched exactly (case-sensitive, no decoding);
+/// - `{name}` or `:name`, matching any one non-empty segment;
+/// - `*` or `{*name}`, last only, matching the rest of the path, including nothing:
+///   `/api/public/v1/*` matches `/api/public/v1`, `/api/public/v1/` and `/api/public/v1/vms/7`.
+///
+///
+/// ```
+/// use tollgate::RoutePattern;
+///
+/// let pattern = RoutePattern::parse("/api/v0/instances/{id}/")?;
+/// assert!(pattern.matches("/api/v0/instances/42/"));
+/// assert!(!pattern.matches("/api/v0/instances/42"));
+/// assert_eq!(pattern.as_str(), "/api/v0/instances/{id}/");
+/// # Ok::<(), tollgate::RouteError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    template: Box<str>,
+    segments: Box<[Segment]>,
+    rest: bool,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Param,
+}
+
+/// A route pattern that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid route pattern {pattern:?}: {reason}")]
+pub struct RouteError {
+    pattern: String,
+    reason: &'static str,
+}
+
+impl RoutePattern {
+    /// Parses a pattern; see [`RoutePattern`] for the syntax.
+    pub fn parse(pattern: &str) -> Result<Self, RouteError> {
+        let error = |reason| RouteError {
+            pattern: pattern.to_owned(),
+            reason,
+        };
+        let Some(body) = pattern.strip_prefix('/') else {
+            return Err(error("a pattern starts with '/'"));
+        };
+        let mut segments = Vec::new();
+        let mut rest = false;
+        let mut parts = body.split('/').peekable();
+        while let Some(part) = parts.next() {
+            let last = parts.peek().is_none();
+            let is_rest = part == "*" || (part.starts_with("{*") && part.ends_with('}'));
+            if is_rest {
+                if !last {
+                    return Err(error(
+                        "a wildcard ('*' or '{*name}') must be the last segment",
+                    ));
+                }
+                rest = true;
+            } else if (part.starts_with('{') && part.ends_with('}') && part.len() > 2)
+                || (part.starts_with(':') && part.len() > 1)
+            {
+                segments.push(Segment::Param);
+            } else if part.contains(['{', '}', '*']) || part == ":" {
+                return Err(error(
+                    "use '{name}' or ':name' for a whole segment, and '*' only as the last one",
+                ));
+            } else {
+                segments.push(Segment::Literal(part.into()));
+            }
+        }
+        Ok(Self {
+            template: pattern.into(),
+            segments: segments.into_boxed_slice(),
+            rest,
+        })
+    }
+
+    /// Whether `path` (the request's raw path, without the query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = body.split('/');
+        for segment in self.segments.iter() {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let ok = match segment {
+                Segment::Literal(lit) => **lit == *part,
+                Segment::Param => !part.is_empty(),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.rest || parts.next().is_none()
+    }
+
+    /// The pattern as written: the route template a matched request is keyed by.
+    pub fn as_str(&self) -> &str {
+        &self.template
+    }
+}
+
+impl fmt::Debug for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoutePattern({:?})", self.template)
+    }
+}
+
+impl fmt::Display for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.template)
+    }
+}
+
+impl std::str::FromStr for RoutePattern {
+    type Err = RouteError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pattern: &str, path: &str) -> bool {
+        RoutePattern::parse(pattern).unwrap().matches(path)
+    }
+
+    #[test]
+    fn literals_params_and_wildcards() {
+        assert!(m("/", "/"));
+        assert!(!m("/", "/x"));
+        assert!(m("/auth/login", "/auth/login"));
+        assert!(!m("/auth/login", "/auth/login/"));
+        assert!(!m("/auth/login", "/auth/logins"));
+        assert!(m("/api/v0/instances/{id}/", "/api/v0/instances/7/"));
+        assert!(m("/api/v0/instances/:id/", "/api/v0/instances/7/"));
+        assert!(!m("/api/v0/instances/{id}/", "/api/v0/instances//"));
+        assert!(!m("/api/v0/instances/{id}/", "/api/v0/instances/7/x"));
+        for path in ["/api/public/v1", "/api/public/v1/", "/api/public/v1/vms/7"] {
+            assert!(m("/api/public/v1/*", path), "{path}");
+            assert!(m("/api/public/v1/{*rest}", path), "{path}");
+        }
+        assert!(!m("/api/public/v1/*", "/api/public/v1x"));
+        assert!(!m("/api/public/v1/*", "/api/public"));
+        assert!(m("/*", "/anything/at/all"));
+        assert!(!m("/x", "x"));
+        assert!(!m("/x", ""));
+    }
+
+    #[test]
+    fn bad_patterns_are_errors() {
+        for bad in ["", "api", "/a/*/b", "/a/{id", "/a/b*", "/a/{}", "/a/:"] {
+            assert!(RoutePattern::parse(bad).is_err(), "{bad:?}");
+        }
+        let e = RoutePattern::parse("/a/*/b").unwrap_err();
+        assert!(e.to_string().contains("last segment"));
+    }
+}

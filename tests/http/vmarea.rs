@@ -1,0 +1,278 @@
+//! The VMArea preset end to end through axum: stacked buckets, exact bodies, idempotency.
+
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use http::{Method, StatusCode};
+use tollgate::core::{ManualClock, MemoryStore};
+use tollgate::presets::vmarea::VmArea;
+use tollgate::RateLimitLayer;
+
+use crate::support::{fake_auth, manual_store, serve_axum, TestClient};
+
+fn app(limiter: RateLimitLayer<MemoryStore<ManualClock>>) -> Router {
+    Router::new()
+        .route("/auth/login", post(|| async { "logged in" }))
+        .route(
+            "/api/public/v1/vms",
+            get(|| async { "[]" }).post(|| async { "created" }),
+        )
+        .route("/api/other", get(|| async { "other" }))
+        .layer(limiter)
+        .layer(axum::middleware::from_fn(fake_auth))
+}
+
+async fn start(
+    preset: VmArea,
+    offset: Duration,
+) -> (
+    TestClient,
+    ManualClock,
+    RateLimitLayer<MemoryStore<ManualClock>>,
+) {
+    let (store, clock) = manual_store(offset);
+    let limiter = preset.builder().store(store).build().unwrap();
+    let addr = serve_axum(app(limiter.clone())).await;
+    (TestClient::new(addr), clock, limiter)
+}
+
+const KEY_A: (&str, &[u8]) = ("x-api-key", b"key-a");
+const KEY_B: (&str, &[u8]) = ("x-api-key", b"key-b");
+
+#[tokio::test]
+async fn token_bucket_is_600_per_minute_with_the_exact_429() {
+    // 18 s into the minute: the window resets in 42 s.
+    let (client, clock, limiter) = start(VmArea::new(), Duration::from_secs(18)).await;
+    for i in 0..600u64 {
+        let reply = client
+            .send(Method::GET, "/api/public/v1/vms", &[KEY_A])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert_eq!(reply.text(), "[]");
+        assert_eq!(reply.header("x-ratelimit-limit"), Some("600"));
+        assert_eq!(
+            reply.header("x-ratelimit-remaining"),
+            Some((599 - i).to_string().as_str())
+        );
+        assert_eq!(reply.header("x-ratelimit-reset"), Some("42"));
+        assert_eq!(reply.header("retry-after"), None);
+    }
+    let denied = client
+        .send(Method::GET, "/api/public/v1/vms", &[KEY_A])
+        .await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        denied.text(),
+        r#"{"success": false, "error": "Rate limit exceeded for this API token: 600 requests per minute. Retry after 42."}"#
+    );
+    assert_eq!(denied.header("content-type"), Some("application/json"));
+    assert_eq!(denied.header("retry-after"), Some("42"));
+    assert_eq!(denied.header("x-ratelimit-limit"), Some("600"));
+    assert_eq!(denied.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(denied.header("x-ratelimit-reset"), Some("42"));
+
+    // Another token has its own bucket.
+    let other = client
+        .send(Method::GET, "/api/public/v1/vms", &[KEY_B])
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.header("x-ratelimit-remaining"), Some("599"));
+
+    // Waiting exactly Retry-After is enough.
+    clock.advance(Duration::from_secs(denied.retry_after()));
+    let again = client
+        .send(Method::GET, "/api/public/v1/vms", &[KEY_A])
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.header("x-ratelimit-remaining"), Some("599"));
+    assert_eq!(again.header("x-ratelimit-reset"), Some("60"));
+
+    let metrics = limiter.metrics();
+    let per_token = metrics.limit("per_token").unwrap();
+    assert_eq!((per_token.allowed, per_token.denied), (602, 1));
+    assert_eq!(metrics.limit("per_ip").unwrap().allowed, 0);
+}
+
+#[tokio::test]
+async fn ip_bucket_catches_unauthenticated_traffic_with_the_exact_429() {
+    let (client, clock, _) = start(VmArea::new(), Duration::from_secs(53)).await;
+    for i in 0..100u64 {
+        let reply = client.send(Method::POST, "/auth/login", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        assert_eq!(reply.header("x-ratelimit-limit"), Some("100"));
+        assert_eq!(reply.header("x-ratelimit-reset"), Some("7"));
+    }
+    let denied = client.send(Method::POST, "/auth/login", &[]).await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    let n = denied.retry_after();
+    assert_eq!(n, 7);
+    assert_eq!(
+        denied.text(),
+        format!(
+            r#"{{"success": false, "error": "Rate limit exceeded for this IP address: 100 requests per minute. Retry after {n}."}}"#
+        )
+    );
+    // Unauthenticated requests to the public API share the per-IP bucket.
+    let api = client.get("/api/public/v1/vms").await;
+    assert_eq!(api.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Authenticated traffic from the same address is not penalised (the default reading).
+    let authed = client
+        .send(Method::GET, "/api/public/v1/vms", &[KEY_A])
+        .await;
+    assert_eq!(authed.status, StatusCode::OK);
+    assert_eq!(authed.header("x-ratelimit-limit"), Some("600"));
+
+    clock.advance(Duration::from_secs(n));
+    assert_eq!(
+        client.send(Method::POST, "/auth/login", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn default_mode_does_not_charge_the_ip_bucket_for_tokens() {
+    let (client, _clock, limiter) = start(VmArea::new(), Duration::ZERO).await;
+    // Far more authenticated requests than the per-IP limit...
+    for _ in 0..150 {
+        let reply = client
+            .send(Method::GET, "/api/public/v1/vms", &[KEY_A])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    // ...leave the per-IP bucket untouched.
+    let anonymous = client.send(Method::POST, "/auth/login", &[]).await;
+    assert_eq!(anonymous.status, StatusCode::OK);
+    assert_eq!(anonymous.header("x-ratelimit-remaining"), Some("99"));
+    // Authenticated requests outside the public API carry no limit at all.
+    let other = client.send(Method::GET, "/api/other", &[KEY_A]).await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.header("x-ratelimit-limit"), None);
+    let metrics = limiter.metrics();
+    assert_eq!(metrics.limit("per_token").unwrap().allowed, 150);
+    assert_eq!(metrics.limit("per_ip").unwrap().allowed, 1);
+}
+
+#[tokio::test]
+async fn strict_mode_applies_both_buckets_to_every_request() {
+    let (client, _clock, _) = start(VmArea::new().strict(true), Duration::from_secs(30)).await;
+    for i in 0..100u64 {
+        let reply = client
+            .send(Method::GET, "/api/public/v1/vms", &[KEY_A])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+        // The most restrictive bucket is reported: the per-IP one.
+        assert_eq!(reply.header("x-ratelimit-limit"), Some("100"));
+        assert_eq!(
+            reply.header("x-ratelimit-remaining"),
+            Some((99 - i).to_string().as_str())
+        );
+    }
+    let denied = client
+        .send(Method::GET, "/api/public/v1/vms", &[KEY_B])
+        .await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        denied.text(),
+        r#"{"success": false, "error": "Rate limit exceeded for this IP address: 100 requests per minute. Retry after 30."}"#
+    );
+}
+
+#[tokio::test]
+async fn a_request_refused_by_one_bucket_charges_no_other() {
+    let (store, _clock) = manual_store(Duration::ZERO);
+    let limiter = VmArea::new()
+        .strict(true)
+        .per_ip(2)
+        .builder()
+        .store(store)
+        .header_style(tollgate::HeaderStyle::Both)
+        .build()
+        .unwrap();
+    let client = TestClient::new(serve_axum(app(limiter)).await);
+    for _ in 0..2 {
+        let ok = client
+            .send(Method::GET, "/api/public/v1/vms", &[KEY_A])
+            .await;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+    // Refused by the per-IP bucket again and again, key B's token bucket stays whole: each
+    // time it reports what one request would leave (599), never less.
+    for _ in 0..3 {
+        let denied = client
+            .send(Method::GET, "/api/public/v1/vms", &[KEY_B])
+            .await;
+        assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            denied.header("ratelimit-policy"),
+            Some(r#""per_token";q=600;w=60, "per_ip";q=100;w=60"#.replace("q=100", "q=2").as_str())
+        );
+        assert_eq!(
+            denied.header("ratelimit"),
+            Some(r#""per_token";r=599;t=60, "per_ip";r=0;t=60"#)
+        );
+        assert_eq!(denied.header("x-ratelimit-limit"), Some("2"));
+    }
+}
+
+#[tokio::test]
+async fn idempotent_retries_do_not_burn_quota_up_to_the_cap() {
+    let (client, _clock, limiter) = start(VmArea::new(), Duration::ZERO).await;
+    let idem: (&str, &[u8]) = ("idempotency-key", b"create-vm-1");
+    let first = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("599"));
+    // Five free replays...
+    for _ in 0..5 {
+        let replay = client
+            .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+            .await;
+        assert_eq!(replay.status, StatusCode::OK);
+        assert_eq!(replay.header("x-ratelimit-remaining"), Some("599"));
+    }
+    // ...then it is charged like any request.
+    let charged = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(charged.header("x-ratelimit-remaining"), Some("598"));
+    // The same idempotency key from another identity is charged.
+    let other = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_B, idem])
+        .await;
+    assert_eq!(other.header("x-ratelimit-remaining"), Some("599"));
+    let other = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_B, idem])
+        .await;
+    assert_eq!(other.header("x-ratelimit-remaining"), Some("599"));
+    // A fresh key is charged.
+    let fresh = client
+        .send(
+            Method::POST,
+            "/api/public/v1/vms",
+            &[KEY_A, ("idempotency-key", b"create-vm-2")],
+        )
+        .await;
+    assert_eq!(fresh.header("x-ratelimit-remaining"), Some("597"));
+    assert_eq!(limiter.metrics().replayed, 6);
+}
+
+#[tokio::test]
+async fn a_replay_passes_even_when_the_bucket_is_empty() {
+    let (client, _clock, _) = start(VmArea::new().per_token(1), Duration::ZERO).await;
+    let idem: (&str, &[u8]) = ("idempotency-key", b"k");
+    let first = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    let plain = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A])
+        .await;
+    assert_eq!(plain.status, StatusCode::TOO_MANY_REQUESTS);
+    let replay = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(replay.status, StatusCode::OK);
+}
