@@ -23,17 +23,20 @@ fn governor_quota() -> GovernorQuota {
     GovernorQuota::per_second(NonZeroU32::new(PER_SECOND).unwrap())
 }
 
-/// One decision of each pure algorithm (state in a local, time moving 1 µs a call), with
-/// governor's direct limiter as the peer.
+/// One decision of each algorithm (state in a local, time moving 1 µs a call, 1,000/s so the
+/// sliding log holds up to 1,000 entries), with governor's direct limiter as the peer.
 fn algorithms(c: &mut Criterion) {
+    // What a store runs: the decision, then the charge in place.
     fn run<M: StateMachine>(quota: &Quota) -> impl FnMut() -> bool + '_ {
         let mut state: Option<M::State> = None;
         let mut now = 1_700_000_000_000_000_000u64;
         move || {
             now += 1_000;
-            let (decision, next) = M::decide(state.as_ref(), now, quota, 1);
-            if next.is_some() {
-                state = next;
+            let decision = M::check(state.as_ref(), now, quota, 1);
+            if decision.allowed {
+                if let Some(fresh) = M::commit(state.as_mut(), now, quota, 1) {
+                    state = Some(fresh);
+                }
             }
             decision.allowed
         }

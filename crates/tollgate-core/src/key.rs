@@ -28,13 +28,6 @@ impl Key {
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)
     }
-
-    /// This key as seen by one rule: two rules sharing a key never share state.
-    pub fn for_rule(self, rule_id: u64) -> u128 {
-        let mut h = SipHasher13::new_with_keys(rule_id, 0x6b65_795f_7275_6c65);
-        h.write_u128(self.0);
-        h.finish128().as_u128()
-    }
 }
 
 impl fmt::Debug for Key {

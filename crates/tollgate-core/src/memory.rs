@@ -35,6 +35,8 @@ use crate::algorithm::{
 };
 use crate::clock::{saturating_nanos, Clock, Nanos, SystemClock};
 use crate::decision::{Decision, Decisions, Outcome};
+use crate::key::Key;
+use crate::quota::Quota;
 use crate::store::{Check, Replay, Store};
 
 /// Rate-limit state in this process's memory. Cloning is cheap and shares the state.
@@ -210,7 +212,7 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Decides a request synchronously; [`Store::check`] without the future.
     pub fn check_now(&self, checks: &[Check<'_>], replay: Option<&Replay>) -> Outcome {
-        self.decide(checks, replay, true)
+        self.decide(checks, replay, Mode::Charge)
     }
 
     fn shard_of(&self, slot: &Slot) -> usize {
@@ -218,95 +220,163 @@ impl<C: Clock> MemoryStore<C> {
         (slot[1] as usize) & (self.inner.shards.len() - 1)
     }
 
-    fn decide(&self, checks: &[Check<'_>], replay: Option<&Replay>, charge: bool) -> Outcome {
-        let now = self.inner.clock.now();
-        let slots: SmallVec<[Slot; 4]> = checks
-            .iter()
-            .map(|c| split(c.key.for_rule(c.rule.id())))
-            .collect();
-        let replay = replay
-            .filter(|_| charge)
-            .map(|r| (split(r.key.as_u128()), r));
+    /// Locks every shard the slots live in, in index order, so that concurrent requests never
+    /// deadlock. One shard (every single-rule request) takes one lock and no list.
+    fn lock(&self, slots: impl Iterator<Item = Slot>) -> Locked<'_> {
+        let mut shards: SmallVec<[usize; 4]> = SmallVec::new();
+        for slot in slots {
+            let shard = self.shard_of(&slot);
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        match shards.as_slice() {
+            [] => Locked::None,
+            [one] => Locked::One(*one, self.inner.shards[*one].0.lock()),
+            _ => {
+                shards.sort_unstable();
+                let mut guards = SmallVec::new();
+                for &i in &shards {
+                    guards.push((i, self.inner.shards[i].0.lock()));
+                }
+                Locked::Many(guards)
+            }
+        }
+    }
 
-        // Lock every shard involved, in index order, so concurrent requests never deadlock.
-        let mut order: SmallVec<[usize; 5]> = slots.iter().map(|s| self.shard_of(s)).collect();
-        order.extend(replay.map(|(slot, _)| self.shard_of(&slot)));
-        order.sort_unstable();
-        order.dedup();
-        let mut guards: SmallVec<[MutexGuard<'_, Tables>; 5]> = order
-            .iter()
-            .map(|&i| self.inner.shards[i].0.lock())
-            .collect();
-        // Which guard holds a slot's shard (always found: `order` lists every one).
-        let guard_of = |slot: &Slot| order.binary_search(&self.shard_of(slot)).unwrap_or(0);
+    fn decide(&self, checks: &[Check<'_>], replay: Option<&Replay>, mode: Mode) -> Outcome {
+        let slot_of = |check: &Check<'_>| rule_slot(check.key, check.rule.id());
+        let replay = replay
+            .filter(|_| mode == Mode::Charge)
+            .map(|r| (split(r.key.as_u128()), r));
+        let mut locked = self.lock(checks.iter().map(slot_of).chain(replay.map(|(s, _)| s)));
+        // Read under the locks: a shard never sees its time go backwards between two requests.
+        let now = self.inner.clock.now();
+        let shard_of = |slot: &Slot| self.shard_of(slot);
 
         // A replay of a request already charged passes free, up to the cap.
-        let replayed =
-            replay.is_some_and(
-                |(slot, r)| match guards[guard_of(&slot)].replays.get_mut(&slot) {
-                    Some(record) if record.expires_at > now && record.replays < r.max_replays => {
-                        record.replays += 1;
-                        true
-                    }
-                    _ => false,
-                },
-            );
-        let charge = charge && !replayed;
+        let replayed = replay.is_some_and(|(slot, r)| {
+            let Some(tables) = locked.tables(shard_of(&slot)) else {
+                return false;
+            };
+            match tables.replays.get_mut(&slot) {
+                Some(record) if record.expires_at > now && record.replays < r.max_replays => {
+                    record.replays += 1;
+                    true
+                }
+                _ => false,
+            }
+        });
 
         let mut decisions = Decisions::new();
-        let mut updates: SmallVec<[Option<NewState>; 4]> = SmallVec::new();
-        for (check, slot) in checks.iter().zip(&slots) {
-            let tables = &guards[guard_of(slot)];
-            let (decision, update) = if charge {
-                tables.decide(check, slot, now, check.rule.cost())
-            } else if replayed {
-                // Already paid for: report the figures, admit.
-                (tables.decide(check, slot, now, 0).0, None)
-            } else {
-                (tables.peek(check, slot, now), None)
+        for check in checks {
+            let slot = slot_of(check);
+            let Some(tables) = locked.tables(shard_of(&slot)) else {
+                continue;
             };
-            decisions.push(decision);
-            updates.push(update);
+            decisions.push(match mode {
+                // Already paid for: report the figures, admit.
+                Mode::Charge if replayed => tables.check(check, &slot, now, 0),
+                Mode::Charge => tables.check(check, &slot, now, check.rule.cost()),
+                Mode::Peek => tables.peek(check, &slot, now),
+            });
         }
         let outcome = Outcome::new(checks, decisions, replayed);
-        if outcome.allowed && charge {
-            let capacity = self.inner.shard_capacity;
-            for (slot, update) in slots.iter().zip(updates) {
-                if let Some(update) = update {
-                    guards[guard_of(slot)].store(*slot, update, now, capacity);
-                }
+        if !outcome.allowed || mode == Mode::Peek || replayed {
+            return outcome;
+        }
+
+        let capacity = self.inner.shard_capacity;
+        for (check, decision) in checks.iter().zip(&outcome.decisions) {
+            let slot = slot_of(check);
+            // A shadow rule that would deny is not charged.
+            if let (true, Some(tables)) = (decision.allowed, locked.tables(shard_of(&slot))) {
+                tables.commit(check, slot, now, check.rule.cost(), capacity);
             }
-            if let Some((slot, r)) = replay {
-                let tables = &mut guards[guard_of(&slot)];
-                // A record at its cap stays until it expires: later repeats are charged.
-                if !tables
-                    .replays
-                    .get(&slot)
-                    .is_some_and(|rec| rec.expires_at > now)
-                {
-                    let record = ReplayRecord {
-                        expires_at: now.saturating_add(saturating_nanos(r.ttl)),
-                        replays: 0,
-                    };
-                    tables.insert_new(slot, now, capacity, |t| &mut t.replays, record);
-                }
+        }
+        if let Some((slot, r)) = replay {
+            let Some(tables) = locked.tables(shard_of(&slot)) else {
+                return outcome;
+            };
+            // A record at its cap stays until it expires: later repeats are charged.
+            if !tables
+                .replays
+                .get(&slot)
+                .is_some_and(|rec| rec.expires_at > now)
+            {
+                let record = ReplayRecord {
+                    expires_at: now.saturating_add(saturating_nanos(r.ttl)),
+                    replays: 0,
+                };
+                tables.insert_new(slot, now, capacity, |t| &mut t.replays, record);
             }
         }
         outcome
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Charge,
+    Peek,
+}
+
+/// The shards one request holds.
+enum Locked<'a> {
+    None,
+    One(usize, MutexGuard<'a, Tables>),
+    Many(SmallVec<[(usize, MutexGuard<'a, Tables>); 4]>),
+}
+
+impl Locked<'_> {
+    /// The tables of a shard this request holds; every slot's shard is locked before use, so
+    /// `None` never happens.
+    fn tables(&mut self, shard: usize) -> Option<&mut Tables> {
+        match self {
+            Locked::One(i, guard) if *i == shard => Some(guard),
+            Locked::Many(guards) => guards
+                .iter_mut()
+                .find(|(i, _)| *i == shard)
+                .map(|(_, g)| &mut **g),
+            _ => None,
+        }
+    }
+}
+
+/// The map slot of a key under one rule. Keys are keyed-hash digests, so mixing the rule in with
+/// a XOR keeps slots apart without hashing again: making two (rule, key) pairs meet would take a
+/// preimage of the digest.
+fn rule_slot(key: Key, rule_id: u64) -> Slot {
+    let [high, low] = split(key.as_u128());
+    [high ^ rule_id, low ^ rule_id.rotate_left(32)]
+}
+
 fn split(digest: u128) -> Slot {
     [(digest >> 64) as u64, digest as u64]
 }
 
-/// A state to write once the whole request is known to pass.
-enum NewState {
-    Gcra(GcraState),
-    FixedWindow(FixedWindowState),
-    SlidingWindow(SlidingWindowState),
-    SlidingLog(SlidingLogState),
+/// Which table holds an algorithm's states.
+trait Stored: StateMachine {
+    fn table(tables: &Tables) -> &Table<Self::State>;
+    fn table_mut(tables: &mut Tables) -> &mut Table<Self::State>;
 }
+
+macro_rules! stored {
+    ($machine:ty, $field:ident) => {
+        impl Stored for $machine {
+            fn table(tables: &Tables) -> &Table<Self::State> {
+                &tables.$field
+            }
+            fn table_mut(tables: &mut Tables) -> &mut Table<Self::State> {
+                &mut tables.$field
+            }
+        }
+    };
+}
+stored!(Gcra, gcra);
+stored!(FixedWindow, fixed_window);
+stored!(SlidingWindow, sliding_window);
+stored!(SlidingLog, sliding_log);
 
 impl Tables {
     fn len(&self) -> usize {
@@ -317,61 +387,56 @@ impl Tables {
             + self.replays.len()
     }
 
-    fn decide(
-        &self,
-        check: &Check<'_>,
-        slot: &Slot,
-        now: Nanos,
-        cost: u64,
-    ) -> (Decision, Option<NewState>) {
+    fn check(&self, check: &Check<'_>, slot: &Slot, now: Nanos, cost: u64) -> Decision {
+        fn run<M: Stored>(t: &Tables, slot: &Slot, now: Nanos, q: &Quota, cost: u64) -> Decision {
+            M::check(M::table(t).get(slot), now, q, cost)
+        }
         let quota = check.rule.quota();
         match check.rule.algorithm() {
-            Algorithm::Gcra => {
-                let (d, s) = Gcra::decide(self.gcra.get(slot), now, quota, cost);
-                (d, s.map(NewState::Gcra))
-            }
-            Algorithm::FixedWindow => {
-                let (d, s) = FixedWindow::decide(self.fixed_window.get(slot), now, quota, cost);
-                (d, s.map(NewState::FixedWindow))
-            }
-            Algorithm::SlidingWindow => {
-                let (d, s) = SlidingWindow::decide(self.sliding_window.get(slot), now, quota, cost);
-                (d, s.map(NewState::SlidingWindow))
-            }
-            Algorithm::SlidingLog => {
-                let (d, s) = SlidingLog::decide(self.sliding_log.get(slot), now, quota, cost);
-                (d, s.map(NewState::SlidingLog))
-            }
+            Algorithm::Gcra => run::<Gcra>(self, slot, now, quota, cost),
+            Algorithm::FixedWindow => run::<FixedWindow>(self, slot, now, quota, cost),
+            Algorithm::SlidingWindow => run::<SlidingWindow>(self, slot, now, quota, cost),
+            Algorithm::SlidingLog => run::<SlidingLog>(self, slot, now, quota, cost),
         }
     }
 
     /// Whether a request would pass now, with the figures as they stand (nothing charged).
     fn peek(&self, check: &Check<'_>, slot: &Slot, now: Nanos) -> Decision {
-        let (would, _) = self.decide(check, slot, now, check.rule.cost());
+        let would = self.check(check, slot, now, check.rule.cost());
         if would.allowed {
-            self.decide(check, slot, now, 0).0
+            self.check(check, slot, now, 0)
         } else {
             // A denial's figures already describe the unchanged state.
             would
         }
     }
 
-    fn store(&mut self, slot: Slot, update: NewState, now: Nanos, capacity: usize) {
-        match update {
-            NewState::Gcra(s) => self.insert_new(slot, now, capacity, |t| &mut t.gcra, s),
-            NewState::FixedWindow(s) => {
-                self.insert_new(slot, now, capacity, |t| &mut t.fixed_window, s)
+    /// Charges an admitted request.
+    fn commit(&mut self, check: &Check<'_>, slot: Slot, now: Nanos, cost: u64, capacity: usize) {
+        fn run<M: Stored>(
+            t: &mut Tables,
+            slot: Slot,
+            now: Nanos,
+            q: &Quota,
+            cost: u64,
+            cap: usize,
+        ) {
+            let fresh = M::commit(M::table_mut(t).get_mut(&slot), now, q, cost);
+            if let Some(state) = fresh {
+                t.insert_new(slot, now, cap, M::table_mut, state);
             }
-            NewState::SlidingWindow(s) => {
-                self.insert_new(slot, now, capacity, |t| &mut t.sliding_window, s)
-            }
-            NewState::SlidingLog(s) => {
-                self.insert_new(slot, now, capacity, |t| &mut t.sliding_log, s)
-            }
+        }
+        let q = check.rule.quota();
+        match check.rule.algorithm() {
+            Algorithm::Gcra => run::<Gcra>(self, slot, now, q, cost, capacity),
+            Algorithm::FixedWindow => run::<FixedWindow>(self, slot, now, q, cost, capacity),
+            Algorithm::SlidingWindow => run::<SlidingWindow>(self, slot, now, q, cost, capacity),
+            Algorithm::SlidingLog => run::<SlidingLog>(self, slot, now, q, cost, capacity),
         }
     }
 
-    /// Writes a state; a new key may first trigger a sweep, and an eviction when full.
+    /// Writes the state of a key not yet held; it may first trigger a sweep, and an eviction
+    /// when the shard is full.
     fn insert_new<S>(
         &mut self,
         slot: Slot,
@@ -380,10 +445,6 @@ impl Tables {
         table: impl Fn(&mut Tables) -> &mut Table<S>,
         state: S,
     ) {
-        if let Some(existing) = table(self).get_mut(&slot) {
-            *existing = state;
-            return;
-        }
         self.inserts_since_sweep += 1;
         let len = self.len();
         if self.inserts_since_sweep >= (len / 2).max(MIN_SWEEP_INSERTS) {
@@ -454,13 +515,13 @@ impl<C: Clock> Store for MemoryStore<C> {
         checks: &[Check<'_>],
         replay: Option<&Replay>,
     ) -> impl std::future::Future<Output = Result<Outcome, Self::Error>> + Send {
-        std::future::ready(Ok(self.decide(checks, replay, true)))
+        std::future::ready(Ok(self.decide(checks, replay, Mode::Charge)))
     }
 
     fn peek(
         &self,
         checks: &[Check<'_>],
     ) -> impl std::future::Future<Output = Result<Outcome, Self::Error>> + Send {
-        std::future::ready(Ok(self.decide(checks, None, false)))
+        std::future::ready(Ok(self.decide(checks, None, Mode::Peek)))
     }
 }

@@ -93,6 +93,33 @@ pub trait StateMachine {
     /// The instant from which `state` can no longer affect any decision: a store may forget the
     /// key then, with the same answers as if it had kept it.
     fn expires_at(state: &Self::State) -> Nanos;
+
+    /// [`decide`](Self::decide)'s decision alone. Algorithms whose new state is costly to build
+    /// (the sliding log) override it; the answer is always the same.
+    fn check(state: Option<&Self::State>, now: Nanos, quota: &Quota, cost: u64) -> Decision {
+        Self::decide(state, now, quota, cost).0
+    }
+
+    /// Charges an admitted request in place: the state becomes the new state
+    /// [`decide`](Self::decide) returns (unchanged if it denies). Returns the state to store
+    /// when there was none. Stores that decide a whole request first and charge afterwards use
+    /// it; the sliding log overrides it to avoid rebuilding its log.
+    fn commit(
+        state: Option<&mut Self::State>,
+        now: Nanos,
+        quota: &Quota,
+        cost: u64,
+    ) -> Option<Self::State> {
+        let (_, next) = Self::decide(state.as_deref(), now, quota, cost);
+        match (state, next) {
+            (Some(state), Some(next)) => {
+                *state = next;
+                None
+            }
+            (None, next) => next,
+            (Some(_), None) => None,
+        }
+    }
 }
 
 /// Start of the window (aligned on multiples of `period` since the epoch) that holds `now`.

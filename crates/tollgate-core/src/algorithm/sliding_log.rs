@@ -87,4 +87,61 @@ impl StateMachine for SlidingLog {
     fn expires_at(state: &SlidingLogState) -> Nanos {
         state.expires_at
     }
+
+    fn check(state: Option<&SlidingLogState>, now: Nanos, quota: &Quota, cost: u64) -> Decision {
+        let Some(log) = state else {
+            return Self::decide(None, now, quota, cost).0;
+        };
+        let used = live_cost(log, now, quota);
+        if cost == 0 || used + cost > quota.limit() {
+            // Peeks and denials: `decide` builds no new log for a denial, and peeks are rare.
+            return Self::decide(state, now, quota, cost).0;
+        }
+        // Admitted: the figures of the log `decide` would build, without building it.
+        let newest = log.entries.back().map_or(now, |(at, _)| (*at).max(now));
+        let reset_after = newest.saturating_add(quota.period_nanos()) - now;
+        Decision::allow(quota.limit(), quota.limit() - used - cost, reset_after)
+    }
+
+    fn commit(
+        state: Option<&mut SlidingLogState>,
+        now: Nanos,
+        quota: &Quota,
+        cost: u64,
+    ) -> Option<SlidingLogState> {
+        let Some(log) = state else {
+            return Self::decide(None, now, quota, cost).1;
+        };
+        if cost == 0 || live_cost(log, now, quota) + cost > quota.limit() {
+            return None;
+        }
+        let period = quota.period_nanos();
+        // The log is sorted, so expired entries are at the front; the new one goes at the back
+        // (or in order, if the clock went back), exactly as `decide` builds it.
+        while log
+            .entries
+            .front()
+            .is_some_and(|(at, _)| at.saturating_add(period) <= now)
+        {
+            log.entries.pop_front();
+        }
+        let pos = log.entries.partition_point(|(at, _)| *at <= now);
+        match pos.checked_sub(1).map(|i| &mut log.entries[i]) {
+            Some((at, c)) if *at == now => *c += cost,
+            _ => log.entries.insert(pos, (now, cost)),
+        }
+        let newest = log.entries.back().map_or(now, |(at, _)| *at);
+        log.expires_at = newest.saturating_add(period);
+        None
+    }
+}
+
+/// Cost admitted within the window that ends at `now`.
+fn live_cost(log: &SlidingLogState, now: Nanos, quota: &Quota) -> u64 {
+    let period = quota.period_nanos();
+    log.entries
+        .iter()
+        .filter(|(at, _)| at.saturating_add(period) > now)
+        .map(|(_, c)| c)
+        .sum()
 }

@@ -5,11 +5,15 @@ use proptest::prelude::*;
 use super::*;
 use crate::quota::MAX_PERIOD_NANOS;
 
-/// Runs arrivals `(gap since previous, cost)` through a machine from an empty state.
+/// Runs arrivals `(gap since previous, cost)` through a machine from an empty state, checking
+/// on the way that `check` and `commit` (what stores use) agree with `decide` (the spec).
 fn simulate<M: StateMachine>(
     quota: &Quota,
     arrivals: &[(u64, u64)],
-) -> Vec<(Nanos, u64, Decision, Option<M::State>)> {
+) -> Vec<(Nanos, u64, Decision, Option<M::State>)>
+where
+    M::State: PartialEq + std::fmt::Debug,
+{
     let mut state: Option<M::State> = None;
     let mut now: Nanos = 1_700_000_000_000_000_000;
     let mut out = Vec::new();
@@ -21,10 +25,22 @@ fn simulate<M: StateMachine>(
             next.is_some(),
             "a new state exactly when admitted"
         );
+        for probe in [cost, 0, 1] {
+            let (expected, _) = M::decide(state.as_ref(), now, quota, probe);
+            assert_eq!(
+                M::check(state.as_ref(), now, quota, probe),
+                expected,
+                "check = decide"
+            );
+        }
+        let mut in_place = state.clone();
+        let fresh = M::commit(in_place.as_mut(), now, quota, cost);
+        let committed = if in_place.is_some() { in_place } else { fresh };
         let before = state.clone();
         if let Some(next) = next {
             state = Some(next);
         }
+        assert_eq!(committed, state, "commit = decide's new state");
         out.push((now, cost, decision, before));
     }
     out
