@@ -1,0 +1,142 @@
+//! [`RedisConnection`]: the connections an application may already have, behind one type.
+//!
+//! This module owns how a script call reaches Redis: a [`ConnectionManager`] (one multiplexed
+//! socket that reconnects by itself; the default), a bare [`MultiplexedConnection`], a
+//! [`deadpool_redis::Pool`], or a Redis Cluster connection. It knows nothing of rate limits.
+//!
+//! Why the manager is the default: with 256 concurrent callers one multiplexed socket pipelines
+//! every request, while each `pool.get()` of deadpool-redis costs an extra round trip to recycle
+//! the connection (see the crate documentation for the measured figures).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{IntoConnectionInfo, ScriptInvocation};
+
+use crate::error::RedisStoreError;
+
+/// A connection to Redis or to a Redis Cluster. Cloning is cheap and shares the connection.
+///
+/// Build one from what the application already has (`From` is implemented for each), or with
+/// [`RedisConnection::connect`] / [`RedisConnection::connect_cluster`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RedisConnection {
+    /// One multiplexed socket that reconnects by itself: concurrent requests are pipelined.
+    Manager(ConnectionManager),
+    /// One multiplexed socket, without reconnection.
+    Multiplexed(MultiplexedConnection),
+    /// A `deadpool-redis` pool: one connection taken (and recycled) per decision.
+    Pool(deadpool_redis::Pool),
+    /// A Redis Cluster: keys on different hash slots are checked per slot, in parallel.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConnection::Manager(_) => "RedisConnection::Manager",
+            RedisConnection::Multiplexed(_) => "RedisConnection::Multiplexed",
+            RedisConnection::Pool(_) => "RedisConnection::Pool",
+            RedisConnection::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl From<ConnectionManager> for RedisConnection {
+    fn from(c: ConnectionManager) -> Self {
+        RedisConnection::Manager(c)
+    }
+}
+
+impl From<MultiplexedConnection> for RedisConnection {
+    fn from(c: MultiplexedConnection) -> Self {
+        RedisConnection::Multiplexed(c)
+    }
+}
+
+impl From<deadpool_redis::Pool> for RedisConnection {
+    fn from(p: deadpool_redis::Pool) -> Self {
+        RedisConnection::Pool(p)
+    }
+}
+
+impl From<ClusterConnection> for RedisConnection {
+    fn from(c: ClusterConnection) -> Self {
+        RedisConnection::Cluster(c)
+    }
+}
+
+/// Reconnection settings for the connections this crate opens itself: retry quickly and
+/// briefly, so that a Redis that comes back is used again within a fraction of a second. The
+/// store's own time budget bounds every decision whatever these say.
+pub(crate) fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_min_delay(Duration::from_millis(20))
+        .set_max_delay(Duration::from_millis(200))
+        .set_number_of_retries(3)
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
+}
+
+impl RedisConnection {
+    /// Connects to one Redis (`redis://host:port/db`, `rediss://...`, `unix://...`) with a
+    /// [`ConnectionManager`] tuned to reconnect within a fraction of a second.
+    pub async fn connect(url: impl IntoConnectionInfo) -> Result<Self, RedisStoreError> {
+        let client = redis::Client::open(url)?;
+        let manager = ConnectionManager::new_with_config(client, manager_config()).await?;
+        Ok(RedisConnection::Manager(manager))
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`redis://host:port` each).
+    pub async fn connect_cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+    ) -> Result<Self, RedisStoreError> {
+        let client = ClusterClientBuilder::new(nodes)
+            .connection_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_secs(1))
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()?;
+        Ok(RedisConnection::Cluster(
+            client.get_async_connection().await?,
+        ))
+    }
+
+    /// Whether keys must be grouped by hash slot.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, RedisConnection::Cluster(_))
+    }
+
+    /// Runs a script invocation (`EVALSHA`, loading the script on `NOSCRIPT`).
+    pub(crate) async fn invoke(
+        &self,
+        invocation: &ScriptInvocation<'static>,
+    ) -> Result<Vec<i64>, RedisStoreError> {
+        Ok(match self {
+            RedisConnection::Manager(c) => invocation.invoke_async(&mut c.clone()).await?,
+            RedisConnection::Multiplexed(c) => invocation.invoke_async(&mut c.clone()).await?,
+            RedisConnection::Pool(pool) => {
+                let mut conn = pool.get().await?;
+                invocation.invoke_async(&mut conn).await?
+            }
+            RedisConnection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await?,
+        })
+    }
+
+    /// Loads the script (`SCRIPT LOAD`; on every primary in Cluster), so the first decision does
+    /// not pay for a `NOSCRIPT` round trip.
+    pub(crate) async fn load_script(&self) -> Result<(), RedisStoreError> {
+        let script = &*crate::script::SCRIPT;
+        match self {
+            RedisConnection::Manager(c) => script.load_async(&mut c.clone()).await?,
+            RedisConnection::Multiplexed(c) => script.load_async(&mut c.clone()).await?,
+            RedisConnection::Pool(pool) => script.load_async(&mut pool.get().await?).await?,
+            RedisConnection::Cluster(c) => script.load_async(&mut c.clone()).await?,
+        };
+        Ok(())
+    }
+}

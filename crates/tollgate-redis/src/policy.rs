@@ -1,0 +1,273 @@
+//! What happens when Redis fails: the [`FailurePolicy`], the circuit breaker, and the
+//! rate-limited warning.
+//!
+//! This module owns the *when* and *how* of degrading; the store calls it around every Redis
+//! call. Redis is given a time budget per decision (connection checkout included); an error or
+//! an exhausted budget is one failure. After [`BreakerConfig::failures`] consecutive failures the
+//! breaker opens: for [`BreakerConfig::cool_down`] no request calls Redis, each is answered by
+//! the policy at once. Then one request probes Redis (the others keep answering by policy);
+//! success closes the breaker, failure opens it for another cool-down.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// How a decision is made when Redis errors, exceeds its time budget, or the circuit breaker is
+/// open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Admit the request. Every rule reports an admission with its full capacity as
+    /// `remaining` and no reset, and the outcome has no binding rule (`binding: None`), so the
+    /// HTTP layer sends no rate-limit headers rather than made-up ones.
+    FailOpen,
+    /// Refuse to decide: [`Store::check`](tollgate_core::Store::check) returns the
+    /// [`RedisStoreError`](crate::RedisStoreError), which the HTTP layer answers with a
+    /// `503 Service Unavailable` JSON body.
+    FailClosed,
+    /// Decide with a local [`MemoryStore`](tollgate_core::MemoryStore) holding the same rules,
+    /// each limit (and burst) divided by `instances`, the number of API instances expected to
+    /// share the load while Redis is away (1 keeps the limits as they are). The local state
+    /// starts empty and is not merged back into Redis.
+    Fallback {
+        /// Expected number of instances (at least 1).
+        instances: u32,
+    },
+}
+
+impl FailurePolicy {
+    /// [`FailurePolicy::Fallback`] with the limits divided by `instances` (at least 1).
+    pub fn fallback(instances: u32) -> Self {
+        FailurePolicy::Fallback {
+            instances: instances.max(1),
+        }
+    }
+}
+
+impl Default for FailurePolicy {
+    /// Fail open: a rate limiter that cannot reach its store should not take the API down.
+    fn default() -> Self {
+        FailurePolicy::FailOpen
+    }
+}
+
+/// Circuit-breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker (default 5; at least 1).
+    pub failures: u32,
+    /// How long the breaker stays open before one request probes Redis (default 250 ms).
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cool_down: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Whether a request may call Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Closed: call Redis.
+    Call,
+    /// Half-open: this request is the probe.
+    Probe,
+    /// Open: answer by policy without calling Redis.
+    Skip,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe is in flight since `since`; if it never reports (its caller was cancelled), another
+    /// probe is let through after a cool-down.
+    HalfOpen {
+        since: Instant,
+    },
+}
+
+/// The circuit breaker.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    config: BreakerConfig,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    pub(crate) fn new(config: BreakerConfig) -> Self {
+        Self {
+            config: BreakerConfig {
+                failures: config.failures.max(1),
+                ..config
+            },
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    pub(crate) fn config(&self) -> BreakerConfig {
+        self.config
+    }
+
+    pub(crate) fn admit(&self, budget: Duration) -> Admission {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        match *state {
+            State::Closed { .. } => Admission::Call,
+            State::Open { until } if now < until => Admission::Skip,
+            State::HalfOpen { since } if now < since + budget + self.config.cool_down => {
+                Admission::Skip
+            }
+            _ => {
+                *state = State::HalfOpen { since: now };
+                Admission::Probe
+            }
+        }
+    }
+
+    /// Records a success; returns whether the breaker was closed by it.
+    pub(crate) fn success(&self) -> bool {
+        let mut state = self.state.lock();
+        let was_open = !matches!(*state, State::Closed { .. });
+        *state = State::Closed { failures: 0 };
+        was_open
+    }
+
+    /// Records a failure; returns whether the breaker opened because of it.
+    pub(crate) fn failure(&self) -> bool {
+        let mut state = self.state.lock();
+        let until = Instant::now() + self.config.cool_down;
+        match *state {
+            State::Closed { failures } if failures + 1 < self.config.failures => {
+                *state = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            State::Closed { .. } | State::HalfOpen { .. } => {
+                *state = State::Open { until };
+                true
+            }
+            // A call admitted before the breaker opened: it stays open as it was.
+            State::Open { .. } => false,
+        }
+    }
+
+    /// Whether the breaker is open or half-open.
+    pub(crate) fn is_open(&self) -> bool {
+        !matches!(*self.state.lock(), State::Closed { .. })
+    }
+}
+
+/// Lets one warning through per interval, and counts the ones it holds back.
+#[derive(Debug)]
+pub(crate) struct WarnLimiter {
+    origin: Instant,
+    interval: Duration,
+    /// Nanoseconds after `origin` at which the next warning may be logged.
+    next: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl WarnLimiter {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            origin: Instant::now(),
+            interval,
+            next: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(number of warnings suppressed since the last one)` if this one may be logged.
+    pub(crate) fn permit(&self) -> Option<u64> {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let next = self.next.load(Ordering::Relaxed);
+        let interval = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
+        if now >= next
+            && self
+                .next
+                .compare_exchange(
+                    next,
+                    now.saturating_add(interval),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_probes_and_closes() {
+        let breaker = Breaker::new(BreakerConfig {
+            failures: 2,
+            cool_down: Duration::from_millis(30),
+        });
+        let budget = Duration::from_millis(10);
+        assert_eq!(breaker.admit(budget), Admission::Call);
+        assert!(!breaker.failure());
+        assert!(breaker.failure(), "second consecutive failure opens");
+        assert_eq!(breaker.admit(budget), Admission::Skip);
+        std::thread::sleep(Duration::from_millis(35));
+        assert_eq!(breaker.admit(budget), Admission::Probe);
+        assert_eq!(
+            breaker.admit(budget),
+            Admission::Skip,
+            "one probe at a time"
+        );
+        assert!(breaker.failure(), "a failed probe opens again");
+        assert_eq!(breaker.admit(budget), Admission::Skip);
+        std::thread::sleep(Duration::from_millis(35));
+        assert_eq!(breaker.admit(budget), Admission::Probe);
+        assert!(breaker.success());
+        assert_eq!(breaker.admit(budget), Admission::Call);
+        // A success resets the count.
+        assert!(!breaker.failure());
+        breaker.success();
+        assert!(!breaker.failure());
+    }
+
+    #[test]
+    fn a_lost_probe_is_replaced() {
+        let breaker = Breaker::new(BreakerConfig {
+            failures: 1,
+            cool_down: Duration::from_millis(10),
+        });
+        let budget = Duration::from_millis(10);
+        breaker.failure();
+        std::thread::sleep(Duration::from_millis(12));
+        assert_eq!(breaker.admit(budget), Admission::Probe);
+        // The probe's caller was cancelled and never reports back.
+        std::thread::sleep(Duration::from_millis(25));
+        assert_eq!(breaker.admit(budget), Admission::Probe);
+    }
+
+    #[test]
+    fn warnings_are_rate_limited() {
+        let limiter = WarnLimiter::new(Duration::from_secs(60));
+        assert_eq!(limiter.permit(), Some(0));
+        assert_eq!(limiter.permit(), None);
+        assert_eq!(limiter.permit(), None);
+        let limiter = WarnLimiter::new(Duration::ZERO);
+        assert_eq!(limiter.permit(), Some(0));
+    }
+}

@@ -1,0 +1,218 @@
+//! The Lua script and its wire format: how a request's checks become one `EVALSHA`, and how the
+//! reply becomes [`Decision`]s.
+//!
+//! This module owns the protocol only (no connections, no policy). The script itself is
+//! `tollgate.lua` beside this file; its header documents the arguments and the reply.
+//!
+//! # Exactness
+//!
+//! The script reproduces the core's pure state machines (`tollgate_core::algorithm`) to the
+//! nanosecond. Lua numbers are doubles, so absolute instants (~1.7e18 ns) are never held as one
+//! number: the script keeps them as (seconds, nanoseconds) pairs, stores them as their decimal
+//! nanosecond count, and computes only differences from now, which the core bounds below 2^53
+//! (`MAX_PERIOD_NANOS`, `MAX_BURST_SPAN_NANOS`). Every figure it returns (remaining, reset,
+//! retry) is an integer below 2^53, exact in Redis's integer reply. The test suite checks the
+//! result against the core, decision by decision, on random traffic.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation};
+use tollgate_core::{Algorithm, Decision, Nanos, Replay, Rule};
+
+use crate::error::RedisStoreError;
+
+/// The one script, loaded once per Redis node (`SCRIPT LOAD` on `NOSCRIPT`).
+pub(crate) static SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("tollgate.lua")));
+
+/// The script's source, for operators who want to inspect or preload it.
+pub const LUA_SOURCE: &str = include_str!("tollgate.lua");
+
+/// The longest idempotency-record lifetime passed to Redis (2^52 ns, about 52 days), so that it
+/// stays exact in Lua.
+const MAX_REPLAY_TTL_NANOS: u64 = 1 << 52;
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// What a script call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Decide and charge, all-or-nothing, honouring an idempotency record.
+    Check,
+    /// Decide without charging (`Store::peek`).
+    Peek,
+    /// Report the figures at cost 0 (a replayed request, in Cluster).
+    Report,
+    /// Reverse a charge (Cluster partial denial).
+    Refund,
+    /// Take one free replay from an idempotency record (Cluster).
+    TakeReplay,
+    /// Create an idempotency record unless a live one exists (Cluster).
+    CreateReplay,
+}
+
+impl Mode {
+    fn code(self) -> &'static str {
+        match self {
+            Mode::Check => "c",
+            Mode::Peek => "p",
+            Mode::Report => "z",
+            Mode::Refund => "u",
+            Mode::TakeReplay => "r",
+            Mode::CreateReplay => "n",
+        }
+    }
+}
+
+/// One rule to check, with its Redis key.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub rule: Rule,
+    pub key: String,
+}
+
+/// One script call's inputs.
+pub(crate) struct Call<'a> {
+    pub mode: Mode,
+    /// Explicit time (tests), or `None` for Redis `TIME`.
+    pub now: Option<Nanos>,
+    /// The rules and their keys.
+    pub targets: &'a [Target],
+    /// The idempotency record's key and parameters.
+    pub replay: Option<(&'a str, &'a Replay)>,
+    /// Refunds: when the charge was made.
+    pub charged_at: Option<Nanos>,
+}
+
+fn split(t: Nanos) -> (u64, u64) {
+    (t / NANOS_PER_SEC, t % NANOS_PER_SEC)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn algorithm_code(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::FixedWindow => "f",
+        Algorithm::SlidingLog => "l",
+        Algorithm::SlidingWindow => "w",
+        // GCRA, and any algorithm added to the core later is refused by `supported`.
+        _ => "g",
+    }
+}
+
+/// Whether the script implements `algorithm` (every algorithm the core has today).
+pub(crate) fn supported(algorithm: Algorithm) -> bool {
+    matches!(
+        algorithm,
+        Algorithm::Gcra | Algorithm::FixedWindow | Algorithm::SlidingLog | Algorithm::SlidingWindow
+    )
+}
+
+impl Call<'_> {
+    /// The `EVALSHA` invocation.
+    pub(crate) fn invocation(&self) -> ScriptInvocation<'static> {
+        let mut inv = SCRIPT.prepare_invoke();
+        for target in self.targets {
+            inv.key(&target.key);
+        }
+        if let Some((key, _)) = self.replay {
+            inv.key(key);
+        }
+        inv.arg(self.mode.code());
+        match self.now {
+            Some(now) => {
+                let (s, n) = split(now);
+                inv.arg(s).arg(n);
+            }
+            None => {
+                inv.arg("").arg("");
+            }
+        }
+        inv.arg(self.targets.len());
+        match self.replay {
+            Some((_, r)) => {
+                let ttl = nanos(r.ttl).clamp(1, MAX_REPLAY_TTL_NANOS);
+                inv.arg("1").arg(ttl).arg(r.max_replays);
+            }
+            None => {
+                inv.arg("0").arg(0).arg(0);
+            }
+        }
+        match self.charged_at {
+            Some(t) => {
+                let (s, n) = split(t);
+                inv.arg(s).arg(n);
+            }
+            None => {
+                inv.arg("").arg("");
+            }
+        }
+        for target in self.targets {
+            let rule = &target.rule;
+            let quota = rule.quota();
+            inv.arg(algorithm_code(rule.algorithm()))
+                .arg(quota.limit())
+                .arg(nanos(quota.period()))
+                .arg(nanos(quota.emission_interval()))
+                .arg(quota.burst())
+                .arg(rule.cost())
+                .arg(if rule.is_shadow() { "1" } else { "0" });
+        }
+        inv
+    }
+}
+
+/// A script reply.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    /// The time the script decided at (Redis `TIME`, or the explicit time).
+    pub now: Nanos,
+    /// No enforced rule of this call denied (or, for `TakeReplay`, a replay was taken).
+    pub allowed: bool,
+    /// The request was admitted free, as a replay.
+    pub replayed: bool,
+    /// One per check, in order.
+    pub decisions: Vec<Decision>,
+}
+
+impl Reply {
+    /// Parses the script's integer array against the checks it was called with.
+    pub(crate) fn parse(values: &[i64], targets: &[Target]) -> Result<Self, RedisStoreError> {
+        let bad = |what: &str| {
+            RedisStoreError::Protocol(format!(
+                "{what} (got {} integers for {} checks); is another version of the tollgate script loaded under the same SHA?",
+                values.len(),
+                targets.len()
+            ))
+        };
+        if values.len() != 4 + 4 * targets.len() {
+            return Err(bad("wrong reply length"));
+        }
+        let non_negative = |v: i64| u64::try_from(v).map_err(|_| bad("negative figure"));
+        let now = non_negative(values[0])?
+            .checked_mul(NANOS_PER_SEC)
+            .and_then(|s| s.checked_add(values[1] as u64))
+            .ok_or_else(|| bad("time out of range"))?;
+        let mut decisions = Vec::with_capacity(targets.len());
+        for (target, figures) in targets.iter().zip(values[4..].chunks_exact(4)) {
+            let allowed = figures[0] == 1;
+            let retry = non_negative(figures[3])?;
+            decisions.push(Decision {
+                allowed,
+                limit: target.rule.algorithm().capacity(target.rule.quota()),
+                remaining: non_negative(figures[1])?,
+                reset_after: Duration::from_nanos(non_negative(figures[2])?),
+                retry_after: (!allowed).then(|| Duration::from_nanos(retry.max(1))),
+            });
+        }
+        Ok(Self {
+            now,
+            allowed: values[2] == 1,
+            replayed: values[3] == 1,
+            decisions,
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! Counters of what the store did, for dashboards and alerts: [`RedisStoreStats`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a [`RedisStore`](crate::RedisStore)'s counters since it was built (shared by
+/// its clones). Every decision made without Redis is counted in `degraded` and in exactly one
+/// of `failed_open`, `failed_closed`, `fell_back`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStoreStats {
+    /// Decisions that asked Redis (one script call each; in Cluster, one per hash slot the
+    /// request's keys fall on, plus refunds and idempotency records).
+    pub redis_calls: u64,
+    /// Redis calls that failed: errors and exhausted budgets.
+    pub redis_failures: u64,
+    /// Of `redis_failures`, those that exhausted the time budget.
+    pub timeouts: u64,
+    /// Decisions made without Redis (the failure policy applied).
+    pub degraded: u64,
+    /// Degraded decisions admitted by [`FailurePolicy::FailOpen`](crate::FailurePolicy::FailOpen).
+    pub failed_open: u64,
+    /// Degraded decisions refused by [`FailurePolicy::FailClosed`](crate::FailurePolicy::FailClosed).
+    pub failed_closed: u64,
+    /// Degraded decisions made by the local fallback store.
+    pub fell_back: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_trips: u64,
+    /// Decisions answered by policy without trying Redis because the breaker was open.
+    pub short_circuited: u64,
+    /// Requests denied by the local deny cache without asking Redis.
+    pub deny_cache_hits: u64,
+    /// Cluster: per-slot charges reversed after another slot denied the request.
+    pub refunds: u64,
+    /// Cluster: refunds that failed (the charge stays until its state expires).
+    pub refund_failures: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub redis_calls: AtomicU64,
+    pub redis_failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub degraded: AtomicU64,
+    pub failed_open: AtomicU64,
+    pub failed_closed: AtomicU64,
+    pub fell_back: AtomicU64,
+    pub breaker_trips: AtomicU64,
+    pub short_circuited: AtomicU64,
+    pub deny_cache_hits: AtomicU64,
+    pub refunds: AtomicU64,
+    pub refund_failures: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> RedisStoreStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RedisStoreStats {
+            redis_calls: get(&self.redis_calls),
+            redis_failures: get(&self.redis_failures),
+            timeouts: get(&self.timeouts),
+            degraded: get(&self.degraded),
+            failed_open: get(&self.failed_open),
+            failed_closed: get(&self.failed_closed),
+            fell_back: get(&self.fell_back),
+            breaker_trips: get(&self.breaker_trips),
+            short_circuited: get(&self.short_circuited),
+            deny_cache_hits: get(&self.deny_cache_hits),
+            refunds: get(&self.refunds),
+            refund_failures: get(&self.refund_failures),
+        }
+    }
+}

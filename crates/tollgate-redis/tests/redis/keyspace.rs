@@ -1,0 +1,230 @@
+//! What ends up in Redis: key names, values, TTLs. No raw token, api_key or IP ever.
+
+use std::time::Duration;
+
+use tollgate_core::{Algorithm, Check, KeySecret, Quota, Replay, Rule, Store};
+use tollgate_redis::{RedisConnection, RedisStore};
+
+use crate::support::TestRedis;
+
+/// Realistic raw identities, as an HTTP layer would see them.
+const TOKENS: [&str; 3] = [
+    "tok_live_7f3a9c2e51b84d6aa0e1",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0NzExIn0.sig",
+    "vmarea_3b9f0c6d8e2a41f7",
+];
+const API_KEYS: [&str; 2] = ["ak_9b8c7d6e5f4a3b2c1d0e", "sk-proj-Zm9vYmFyYmF6"];
+const IPS: [&str; 3] = ["203.0.113.77", "2001:db8::42", "198.51.100.7"];
+const USERS: [&str; 1] = ["user-4711@example.com"];
+const IDEMPOTENCY_KEYS: [&str; 2] = ["idem-5d41402abc4b2a76", "7c9e6679-7425-40de-944b"];
+
+#[tokio::test]
+async fn no_raw_identity_in_any_key_or_value_and_every_key_expires() {
+    let redis = TestRedis::start().await;
+    // A prefix of its own, so that the scan sees only this run's keys even on a shared Redis.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("tg{nonce}");
+    let store = RedisStore::builder(RedisConnection::connect(redis.url()).await.unwrap())
+        .prefix(prefix.as_str())
+        .build();
+    let secret = KeySecret::from_bytes(*b"0123456789abcdef");
+    let rules: Vec<Rule> = Algorithm::ALL
+        .iter()
+        .map(|&a| {
+            Rule::builder(
+                format!("per_token.{}", a.name()),
+                Quota::per_minute(3).unwrap(),
+            )
+            .algorithm(a)
+            .build()
+            .unwrap()
+        })
+        .collect();
+    let per_ip = Rule::builder("per_ip", Quota::per_minute(5).unwrap())
+        .algorithm(Algorithm::SlidingWindow)
+        .build()
+        .unwrap();
+    let per_key = Rule::builder("per_api_key", Quota::per_hour(100).unwrap())
+        .algorithm(Algorithm::SlidingLog)
+        .build()
+        .unwrap();
+    let route = b"/api/public/v1/instances/{id}/";
+    for round in 0..4 {
+        for (i, token) in TOKENS.iter().enumerate() {
+            let ip = IPS[i % IPS.len()];
+            let api_key = API_KEYS[i % API_KEYS.len()];
+            let user = USERS[0];
+            let token_key = secret.key().part(token.as_bytes()).finish();
+            let ip_key = secret.key().part(ip.as_bytes()).finish();
+            let api_key_key = secret
+                .key()
+                .part(api_key.as_bytes())
+                .part(user.as_bytes())
+                .part(route)
+                .finish();
+            let mut checks: Vec<Check<'_>> = rules
+                .iter()
+                .map(|rule| Check {
+                    rule,
+                    key: token_key,
+                })
+                .collect();
+            checks.push(Check {
+                rule: &per_ip,
+                key: ip_key,
+            });
+            checks.push(Check {
+                rule: &per_key,
+                key: api_key_key,
+            });
+            let idem = IDEMPOTENCY_KEYS[round % 2];
+            let replay = Replay {
+                key: secret
+                    .key()
+                    .part(token.as_bytes())
+                    .part(idem.as_bytes())
+                    .finish(),
+                ttl: Duration::from_secs(600),
+                max_replays: 3,
+            };
+            store.check(&checks, Some(&replay)).await.unwrap();
+            store.check(&checks, None).await.unwrap();
+        }
+    }
+
+    let mut admin = redis.admin().await;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    // 4 per-token algorithms x 3 tokens + 3 IPs + 3 api keys + replay records.
+    assert!(keys.len() >= 18, "{keys:?}");
+    let raw: Vec<&str> = TOKENS
+        .iter()
+        .chain(&API_KEYS)
+        .chain(&IPS)
+        .chain(&USERS)
+        .chain(&IDEMPOTENCY_KEYS)
+        .copied()
+        .collect();
+    let mut replay_records = 0;
+    for key in &keys {
+        // <prefix>:<rule>:<32 hex digits>
+        let mut parts = key.splitn(3, ':');
+        assert_eq!(parts.next(), Some(prefix.as_str()), "{key}");
+        let rule = parts.next().unwrap();
+        let digest = parts.next().unwrap();
+        assert!(
+            rule == "~replay" || rule.starts_with("per_"),
+            "unexpected key {key}"
+        );
+        replay_records += usize::from(rule == "~replay");
+        assert_eq!(digest.len(), 32, "{key}");
+        assert!(digest
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let value = String::from_utf8(value).unwrap();
+        assert!(
+            value
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b':' || b == b','),
+            "{key} = {value:?}: only instants and counts"
+        );
+        for secret in &raw {
+            assert!(!key.contains(secret), "{secret} in key {key}");
+            assert!(!value.contains(secret), "{secret} in value of {key}");
+        }
+        // Every key expires on its own.
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+    assert!(replay_records > 0);
+}
+
+#[tokio::test]
+async fn idle_state_expires_by_itself() {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect(redis.url()).await.unwrap();
+    let rules: Vec<Rule> = Algorithm::ALL
+        .iter()
+        .map(|&a| {
+            Rule::builder(a.name(), Quota::new(2, Duration::from_millis(100)).unwrap())
+                .algorithm(a)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let key = KeySecret::DEFAULT.key().part(b"idle").finish();
+    let checks: Vec<Check<'_>> = rules.iter().map(|rule| Check { rule, key }).collect();
+    store.check(&checks, None).await.unwrap();
+    let keys: Vec<String> = rules.iter().map(|r| store.redis_key(r, key)).collect();
+    let mut admin = redis.admin().await;
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        // At most two periods (the sliding-window counter's horizon).
+        assert!(ttl > 0 && ttl <= 200, "{k}: {ttl} ms");
+    }
+    tokio::time::sleep(Duration::from_millis(260)).await;
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(&keys)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "idle state is gone");
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_script_flush() {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect(redis.url()).await.unwrap();
+    let rule = Rule::builder("r", Quota::per_minute(10).unwrap())
+        .build()
+        .unwrap();
+    let key = KeySecret::DEFAULT.key().part(b"noscript").finish();
+    let checks = [Check { rule: &rule, key }];
+    assert_eq!(
+        store.check(&checks, None).await.unwrap().decisions[0].remaining,
+        9
+    );
+    let mut admin = redis.admin().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check(&checks, None).await.unwrap().decisions[0].remaining,
+        8
+    );
+    assert_eq!(store.stats().degraded, 0);
+}

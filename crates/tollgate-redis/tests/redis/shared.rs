@@ -1,0 +1,392 @@
+//! Limits shared by several instances: concurrency, Cluster slots and refunds, clocks that
+//! disagree.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use tollgate_core::{
+    Algorithm, Check, Clock, Key, KeySecret, ManualClock, Nanos, Quota, Rule, Store, SystemClock,
+};
+use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
+
+use crate::support::{TestCluster, TestRedis};
+
+fn unique_key(label: &str) -> Key {
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    KeySecret::DEFAULT
+        .key()
+        .part(label.as_bytes())
+        .part(&nonce.to_le_bytes())
+        .finish()
+}
+
+/// Stores for tests that must never degrade: a generous budget (debug build, 2 cores, hundreds
+/// of concurrent callers) and fail-closed, so a degraded decision shows as an error.
+fn strict(connection: RedisConnection) -> RedisStore {
+    RedisStore::builder(connection)
+        .budget(Duration::from_secs(5))
+        .failure_policy(FailurePolicy::FailClosed)
+        .build()
+}
+
+/// Fires `n` concurrent checks, alternating between the stores; returns how many were admitted.
+async fn admitted(stores: &[RedisStore], checks: &[Check<'_>], n: usize) -> usize {
+    let results = join_all((0..n).map(|i| {
+        let store = &stores[i % stores.len()];
+        async move {
+            store
+                .check(checks, None)
+                .await
+                .expect("no degraded decision")
+        }
+    }))
+    .await;
+    results.iter().filter(|o| o.allowed).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_admit_exactly_the_limit_under_600_concurrent_requests() {
+    let redis = TestRedis::start().await;
+    // Two API instances: one with a connection manager, one with a deadpool pool.
+    let a = strict(RedisConnection::connect(redis.url()).await.unwrap());
+    let pool = deadpool_redis::Config::from_url(redis.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let b = strict(pool.into());
+    for algorithm in Algorithm::ALL {
+        let rule = Rule::builder("burst", Quota::per_day(100).unwrap())
+            .algorithm(algorithm)
+            .build()
+            .unwrap();
+        let checks = [Check {
+            rule: &rule,
+            key: unique_key(algorithm.name()),
+        }];
+        let n = admitted(&[a.clone(), b.clone()], &checks, 600).await;
+        assert_eq!(n, 100, "{algorithm:?}: admitted {n} of 600, limit 100");
+        let left = a.peek(&checks).await.unwrap();
+        assert_eq!(left.decisions[0].remaining, 0, "{algorithm:?}");
+    }
+    for store in [&a, &b] {
+        assert_eq!(store.stats().degraded, 0);
+    }
+}
+
+/// Two keys whose Redis keys live on different Cluster nodes.
+async fn keys_on_two_nodes(
+    cluster: &TestCluster,
+    store: &RedisStore,
+    a: &Rule,
+    b: &Rule,
+) -> (Key, Key) {
+    let mut admin = cluster.node(0).await;
+    let mut slot = async |k: String| -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(k)
+            .query_async(&mut admin)
+            .await
+            .unwrap()
+    };
+    let ka = unique_key("a");
+    let node = |s: u16| usize::from(s) * 3 / 16384;
+    let na = node(slot(store.redis_key(a, ka)).await);
+    for i in 0u32.. {
+        let kb = KeySecret::DEFAULT
+            .key()
+            .part(&ka.as_u128().to_le_bytes())
+            .part(&i.to_le_bytes())
+            .finish();
+        if node(slot(store.redis_key(b, kb)).await) != na {
+            return (ka, kb);
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_stacked_rules_on_different_nodes_count_exactly_and_refund() {
+    let cluster = TestCluster::start().await;
+    let one = strict(
+        RedisConnection::connect_cluster(cluster.urls())
+            .await
+            .unwrap(),
+    );
+    let two = strict(
+        RedisConnection::connect_cluster(cluster.urls())
+            .await
+            .unwrap(),
+    );
+    let per_token = Rule::builder("per_token", Quota::per_day(10).unwrap())
+        .build()
+        .unwrap();
+    let per_ip = Rule::builder("per_ip", Quota::per_day(5).unwrap())
+        .algorithm(Algorithm::SlidingLog)
+        .build()
+        .unwrap();
+
+    // Sequential: the 6th and later requests are denied by per_ip; per_token, on another node,
+    // admits them and is refunded every time.
+    let (kt, ki) = keys_on_two_nodes(&cluster, &one, &per_token, &per_ip).await;
+    let checks = [
+        Check {
+            rule: &per_token,
+            key: kt,
+        },
+        Check {
+            rule: &per_ip,
+            key: ki,
+        },
+    ];
+    for i in 0..12 {
+        let outcome = one.check(&checks, None).await.unwrap();
+        assert_eq!(outcome.allowed, i < 5, "request {i}");
+        if i >= 5 {
+            assert!(outcome.decisions[0].allowed && !outcome.decisions[1].allowed);
+            assert_eq!(outcome.binding, Some(1));
+        }
+    }
+    let now = one.peek(&checks).await.unwrap();
+    assert_eq!(
+        now.decisions[0].remaining, 5,
+        "per_token charged only for admitted requests"
+    );
+    assert_eq!(now.decisions[1].remaining, 0);
+    // The first denial went to Redis (and was refunded); the rest hit the deny cache.
+    assert_eq!(one.stats().refunds, 1);
+    assert_eq!(one.stats().deny_cache_hits, 6);
+
+    // Concurrent, two instances, fresh keys: exactly 5 admitted, and once every refund is in,
+    // per_token holds exactly 5.
+    let (kt, ki) = keys_on_two_nodes(&cluster, &one, &per_token, &per_ip).await;
+    let checks = [
+        Check {
+            rule: &per_token,
+            key: kt,
+        },
+        Check {
+            rule: &per_ip,
+            key: ki,
+        },
+    ];
+    let n = admitted(&[one.clone(), two.clone()], &checks, 300).await;
+    assert_eq!(n, 5);
+    let now = one.peek(&checks).await.unwrap();
+    assert_eq!(now.decisions[0].remaining, 5);
+    assert_eq!(now.decisions[1].remaining, 0);
+    let stats = [one.stats(), two.stats()];
+    assert!(stats.iter().map(|s| s.refunds).sum::<u64>() > 0);
+    assert!(stats
+        .iter()
+        .all(|s| s.degraded == 0 && s.refund_failures == 0));
+}
+
+/// A clock `offset` nanoseconds ahead of (or behind) the system clock.
+struct Skewed {
+    base: SystemClock,
+    ahead: bool,
+    offset: Nanos,
+}
+
+impl Clock for Skewed {
+    fn now(&self) -> Nanos {
+        if self.ahead {
+            self.base.now() + self.offset
+        } else {
+            self.base.now() - self.offset
+        }
+    }
+}
+
+#[tokio::test]
+async fn instances_whose_clocks_differ_by_seconds_agree() {
+    let redis = TestRedis::start().await;
+    let skew = 7_000_000_000; // 7 s each way: 14 s apart
+    let ahead = Skewed {
+        base: SystemClock::new(),
+        ahead: true,
+        offset: skew,
+    };
+    let behind = Skewed {
+        base: SystemClock::new(),
+        ahead: false,
+        offset: skew,
+    };
+    assert!(ahead.now() - behind.now() >= 2 * skew - 1_000_000);
+    let rule = Rule::builder(
+        "interval",
+        Quota::min_interval(Duration::from_secs(2)).unwrap(),
+    )
+    .build()
+    .unwrap();
+
+    // Server TIME: the local clocks (used only by the deny cache) do not matter.
+    let a = RedisStore::builder(RedisConnection::connect(redis.url()).await.unwrap())
+        .local_clock(ahead)
+        .build();
+    let b = RedisStore::builder(RedisConnection::connect(redis.url()).await.unwrap())
+        .local_clock(behind)
+        .build();
+    let checks = [Check {
+        rule: &rule,
+        key: unique_key("skew"),
+    }];
+    assert!(a.check(&checks, None).await.unwrap().allowed);
+    let denied = b.check(&checks, None).await.unwrap();
+    assert!(
+        !denied.allowed,
+        "the instance 14 s behind sees the same state"
+    );
+    let wait = denied.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_millis(1_500) && wait <= Duration::from_secs(2),
+        "{wait:?}"
+    );
+    // And the other way round, on another key: the one ahead is refused just the same.
+    let checks = [Check {
+        rule: &rule,
+        key: unique_key("skew-2"),
+    }];
+    assert!(b.check(&checks, None).await.unwrap().allowed);
+    let denied = a.check(&checks, None).await.unwrap();
+    assert!(!denied.allowed);
+    assert!(denied.retry_after().unwrap() <= Duration::from_secs(2));
+    // The deny cache of each instance counts down on its own clock, consistently.
+    let again = b.check(&checks, None).await.unwrap();
+    assert!(!again.allowed && again.retry_after().unwrap() <= Duration::from_secs(2));
+
+    // The counterfactual: had each instance decided by its own clock, the one behind would be
+    // told to wait 16 s for a 2 s interval (and, the other way round, the one ahead would be
+    // admitted at once: twice the limit).
+    let clock_a = ManualClock::new(SystemClock::new().now() + skew);
+    let clock_b = ManualClock::new(SystemClock::new().now() - skew);
+    let own_a = RedisStore::builder(RedisConnection::connect(redis.url()).await.unwrap())
+        .explicit_time(clock_a)
+        .deny_cache(None)
+        .build();
+    let own_b = RedisStore::builder(RedisConnection::connect(redis.url()).await.unwrap())
+        .explicit_time(clock_b)
+        .deny_cache(None)
+        .build();
+    let checks = [Check {
+        rule: &rule,
+        key: unique_key("own-clocks"),
+    }];
+    assert!(own_a.check(&checks, None).await.unwrap().allowed);
+    let off = own_b.check(&checks, None).await.unwrap();
+    assert!(off.retry_after().unwrap() > Duration::from_secs(15));
+    let checks = [Check {
+        rule: &rule,
+        key: unique_key("own-clocks-2"),
+    }];
+    assert!(own_b.check(&checks, None).await.unwrap().allowed);
+    assert!(
+        own_a.check(&checks, None).await.unwrap().allowed,
+        "by their own clocks the instances would admit twice"
+    );
+}
+
+#[tokio::test]
+async fn the_deny_cache_answers_locally_with_a_shrinking_retry_after() {
+    let redis = TestRedis::start().await;
+    let clock = ManualClock::new(1_800_000_000_123_456_789);
+    let store = RedisStore::builder(RedisConnection::connect(redis.url()).await.unwrap())
+        .explicit_time(clock.clone())
+        .build();
+    let uncached = RedisStore::builder(RedisConnection::connect(redis.url()).await.unwrap())
+        .explicit_time(clock.clone())
+        .deny_cache(None)
+        .build();
+    let rule = Rule::builder("a", Quota::min_interval(Duration::from_secs(1)).unwrap())
+        .build()
+        .unwrap();
+    let other = Rule::builder("b", Quota::per_day(1_000).unwrap())
+        .build()
+        .unwrap();
+    let key = unique_key("deny-cache");
+    let checks = [Check { rule: &rule, key }];
+    assert!(store.check(&checks, None).await.unwrap().allowed);
+    let first = store.check(&checks, None).await.unwrap();
+    assert_eq!(first.retry_after(), Some(Duration::from_secs(1)));
+    assert_eq!(store.stats().redis_calls, 2);
+
+    clock.advance(Duration::from_nanos(300_000_001));
+    let cached = store.check(&checks, None).await.unwrap();
+    let truth = uncached.check(&checks, None).await.unwrap();
+    assert_eq!(store.stats().deny_cache_hits, 1);
+    assert_eq!(store.stats().redis_calls, 2, "Redis was not asked");
+    assert_eq!(
+        cached.retry_after(),
+        Some(Duration::from_nanos(699_999_999))
+    );
+    assert_eq!(
+        cached, truth,
+        "the same answer Redis gives, to the nanosecond"
+    );
+
+    // A stacked request that includes the denied (rule, key) is denied locally too, whatever
+    // the other rule says; that rule is reported as not consulted.
+    let stacked = [
+        Check {
+            rule: &other,
+            key: unique_key("other"),
+        },
+        Check { rule: &rule, key },
+    ];
+    let local = store.check(&stacked, None).await.unwrap();
+    assert!(!local.allowed);
+    assert_eq!(local.binding, Some(1));
+    assert_eq!(local.decisions[0].remaining, 1_000);
+    assert_eq!(store.stats().redis_calls, 2);
+
+    // A request with an idempotency key asks Redis: it may be a free replay.
+    let replay = tollgate_core::Replay {
+        key: unique_key("idem"),
+        ttl: Duration::from_secs(60),
+        max_replays: 1,
+    };
+    let asked = store.check(&checks, Some(&replay)).await.unwrap();
+    assert!(!asked.allowed);
+    assert_eq!(store.stats().redis_calls, 3);
+
+    // When the wait is over, Redis is asked again and admits.
+    clock.advance(Duration::from_nanos(699_999_999));
+    assert!(store.check(&checks, None).await.unwrap().allowed);
+    assert_eq!(store.stats().redis_calls, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abusive_client_does_not_turn_into_redis_load() {
+    let redis = TestRedis::start().await;
+    let store = RedisStore::connect(redis.url()).await.unwrap();
+    let rule = Rule::builder("login", Quota::per_minute(5).unwrap())
+        .algorithm(Algorithm::FixedWindow)
+        .build()
+        .unwrap();
+    let checks = [Check {
+        rule: &rule,
+        key: unique_key("abuser"),
+    }];
+    let store = Arc::new(store);
+    let mut denied = 0;
+    for _ in 0..1_000 {
+        let outcome = store.check(&checks, None).await.unwrap();
+        denied += usize::from(!outcome.allowed);
+        if !outcome.allowed {
+            assert!(outcome.retry_after().unwrap() <= Duration::from_secs(60));
+        }
+    }
+    // A fixed window might roll over during the run; at most twice 5 admitted, then.
+    assert!(denied >= 990, "{denied}");
+    let stats = store.stats();
+    assert!(
+        stats.redis_calls <= 12,
+        "{} Redis calls for 1000 requests",
+        stats.redis_calls
+    );
+    assert!(stats.deny_cache_hits >= 988);
+}
