@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --example vmarea
 //! TOLLGATE_STRICT=1 cargo run --example vmarea   # the per-IP bucket applies to every request
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example vmarea   # limits shared through Redis
 //! ```
 //!
 //! `/auth/login` and `/auth/signup` need no key; `/api/public/v1/vms` needs an `x-api-key`
@@ -20,6 +21,7 @@ use axum::Router;
 use tollgate::core::Store;
 use tollgate::presets::vmarea::VmArea;
 use tollgate::{RateLimitLayer, TokenId};
+use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,15 +32,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let strict = std::env::var_os("TOLLGATE_STRICT").is_some();
     let limits = VmArea::new().strict(strict).builder();
 
-    // The store: the one place to choose it. Memory for now; with REDIS_URL set, the Redis
-    // store of tollgate-redis goes here (`limits.store(redis_store)`), every instance then
-    // sharing the same buckets.
-    if std::env::var_os("REDIS_URL").is_some() {
-        tracing::warn!(
-            "REDIS_URL is set, but this example is not wired to Redis yet: using memory"
-        );
+    // The store, chosen in one place. With REDIS_URL, every instance pointed at the same Redis
+    // shares the same buckets (and, with the default key secret, the same keys). If Redis is
+    // unreachable, each instance falls back to local buckets sized for two instances.
+    match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            let connection = RedisConnection::connect(url.as_str()).await?;
+            let store = RedisStore::builder(connection)
+                .failure_policy(FailurePolicy::fallback(2))
+                .build();
+            store.load_script().await?;
+            println!("store: Redis at {url}");
+            serve(limits.store(store).build()?).await
+        }
+        Err(_) => {
+            println!("store: in memory (set REDIS_URL to share limits through Redis)");
+            serve(limits.build()?).await
+        }
     }
-    serve(limits.build()?).await
 }
 
 /// Serves the app with a limiter on any store.
