@@ -609,15 +609,16 @@ impl RedisStore {
             charged_at: Some(charged_at),
         };
         let counters = &self.inner.counters;
-        let error = match tokio::time::timeout(REFUND_TIMEOUT, self.call(&call)).await {
+        // A refund runs in the exchange's own task, so it may take longer than a decision:
+        // never less than the store's budget.
+        let timeout = REFUND_TIMEOUT.max(self.inner.budget);
+        let error = match tokio::time::timeout(timeout, self.call(&call)).await {
             Ok(Ok(_)) => {
                 bump(&counters.refunds);
                 return;
             }
             Ok(Err(error)) => error,
-            Err(_) => RedisStoreError::Timeout {
-                budget: REFUND_TIMEOUT,
-            },
+            Err(_) => RedisStoreError::Timeout { budget: timeout },
         };
         bump(&counters.refund_failures);
         if let Some(suppressed) = self.inner.warn.permit() {

@@ -191,8 +191,10 @@ async fn idle_state_expires_by_itself() {
             .query_async(&mut admin)
             .await
             .unwrap();
-        // At most two periods (the sliding-window counter's horizon).
-        assert!(ttl > 0 && ttl <= 200, "{k}: {ttl} ms");
+        // At most two periods (the sliding-window counter's horizon); -2 means the key has
+        // already expired (a loaded machine can take longer than a 100 ms window to ask), -1
+        // would mean it never does.
+        assert!(ttl == -2 || (ttl > 0 && ttl <= 200), "{k}: {ttl} ms");
     }
     tokio::time::sleep(Duration::from_millis(260)).await;
     let left: u64 = redis::cmd("EXISTS")
