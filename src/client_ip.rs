@@ -303,22 +303,10 @@ fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
         let eq = pair.iter().position(|&b| b == b'=')?;
         let (name, value) = pair.split_at(eq);
         let value = value.get(1..).unwrap_or_default();
-        trim(name)
+        name.trim_ascii()
             .eq_ignore_ascii_case(b"for")
-            .then_some(trim(value))
+            .then_some(value.trim_ascii())
     })
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    bytes.get(start..end.max(start)).unwrap_or_default()
 }
 
 /// Splits on `sep` outside double-quoted strings (RFC 7239 values may quote commas).

@@ -305,26 +305,14 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;
     }
-    let token = trim_ascii(rest);
+    let token = rest.trim_ascii();
     (!token.is_empty()).then_some(token)
 }
 
 /// The first non-empty value of a header.
 pub(crate) fn header_value<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h [u8]> {
-    let value = trim_ascii(headers.get(name)?.as_bytes());
+    let value = headers.get(name)?.as_bytes().trim_ascii();
     (!value.is_empty()).then_some(value)
-}
-
-fn trim_ascii(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    bytes.get(start..end.max(start)).unwrap_or_default()
 }
 
 /// The percent-decoded value of the first `name` parameter of a query string; `None` when
