@@ -5,7 +5,7 @@
 //! drift, and room until the year 2554.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Nanoseconds since the Unix epoch.
@@ -15,6 +15,15 @@ pub type Nanos = u64;
 pub trait Clock: Send + Sync + 'static {
     /// The current time, in nanoseconds since the Unix epoch. Must never go backwards.
     fn now(&self) -> Nanos;
+
+    /// The current time, for a caller that has already read `seen` from this clock (the memory
+    /// store keeps one such time per shard, read under the shard's lock). The default is
+    /// [`now`](Self::now). A clock may instead take a cheaper reading that can disagree between
+    /// CPU cores, and return the later of it and `seen`: time still never goes backwards for
+    /// that caller.
+    fn now_after(&self, _seen: Nanos) -> Nanos {
+        self.now()
+    }
 }
 
 /// Wall-clock time that never goes backwards.
@@ -22,10 +31,24 @@ pub trait Clock: Send + Sync + 'static {
 /// The wall clock is read once, when the clock is created; later readings add the elapsed time
 /// of the monotonic [`Instant`]. An NTP step of the system clock therefore cannot make a limiter
 /// forget or double-count (the pitfall of clocks that can go backwards).
+///
+/// [`now_after`](Clock::now_after) adds instead the elapsed time of the time-stamp counter
+/// (through `quanta`): a few nanoseconds rather than a `clock_gettime` call. Counters of
+/// different cores may disagree, which made governor's default clock go backwards
+/// (governor#299), so that reading is never let behind the caller's `seen`.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     anchor_wall: Nanos,
     anchor: Instant,
+    /// The time-stamp counter when `anchor` was taken.
+    anchor_raw: u64,
+}
+
+/// The calibrated time-stamp counter, shared: calibrating takes about a millisecond.
+#[inline]
+fn counter() -> &'static quanta::Clock {
+    static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
+    COUNTER.get_or_init(quanta::Clock::new)
 }
 
 impl SystemClock {
@@ -37,6 +60,7 @@ impl SystemClock {
         Self {
             anchor_wall,
             anchor: Instant::now(),
+            anchor_raw: counter().raw(),
         }
     }
 }
@@ -51,6 +75,14 @@ impl Clock for SystemClock {
     fn now(&self) -> Nanos {
         self.anchor_wall
             .saturating_add(saturating_nanos(self.anchor.elapsed()))
+    }
+
+    #[inline]
+    fn now_after(&self, seen: Nanos) -> Nanos {
+        let counter = counter();
+        // A counter behind the anchor (another core's) reads as no time elapsed.
+        let elapsed = counter.delta_as_nanos(self.anchor_raw, counter.raw());
+        self.anchor_wall.saturating_add(elapsed).max(seen)
     }
 }
 
@@ -96,6 +128,10 @@ impl<C: Clock> Clock for Arc<C> {
     fn now(&self) -> Nanos {
         (**self).now()
     }
+
+    fn now_after(&self, seen: Nanos) -> Nanos {
+        (**self).now_after(seen)
+    }
 }
 
 /// A duration as nanoseconds, saturating at `u64::MAX` (584 years).
@@ -118,5 +154,8 @@ mod tests {
             .unwrap()
             .as_nanos() as u64;
         assert!(wall.abs_diff(b) < 1_000_000_000);
+        // The counter reading follows the same anchor, and never goes behind what was seen.
+        assert!(clock.now_after(0).abs_diff(clock.now()) < 1_000_000_000);
+        assert_eq!(clock.now_after(u64::MAX), u64::MAX);
     }
 }

@@ -77,11 +77,36 @@ impl Outcome {
     /// the request passes only once every rule admits it. Allowed: the enforced decision with the
     /// fewest `remaining`, ties going to the longer `reset_after`. Shadow rules never bind.
     pub fn new(checks: &[Check<'_>], decisions: Decisions, replayed: bool) -> Self {
-        debug_assert_eq!(checks.len(), decisions.len());
+        let mut outcome = Self {
+            allowed: false,
+            binding: None,
+            replayed,
+            decisions,
+        };
+        outcome.settle(checks);
+        outcome
+    }
+
+    /// No decisions yet: [`settle`](Self::settle) once they are in.
+    #[inline]
+    pub(crate) fn empty(replayed: bool) -> Self {
+        Self {
+            allowed: false,
+            binding: None,
+            replayed,
+            decisions: Decisions::new(),
+        }
+    }
+
+    /// [`new`](Self::new) in place: sets `allowed` and `binding` from `decisions`. An outcome
+    /// is a few hundred bytes, so the memory store builds it where it returns it.
+    #[inline]
+    pub(crate) fn settle(&mut self, checks: &[Check<'_>]) {
+        debug_assert_eq!(checks.len(), self.decisions.len());
         let enforced = || {
             checks
                 .iter()
-                .zip(&decisions)
+                .zip(&self.decisions)
                 .enumerate()
                 .filter(|(_, (c, _))| !c.rule.is_shadow())
                 .map(|(i, (_, d))| (i, d))
@@ -101,12 +126,8 @@ impl Outcome {
                 .max_by_key(|(_, d)| d.retry_after)
                 .map(|(i, _)| i)
         };
-        Self {
-            allowed,
-            binding,
-            replayed,
-            decisions,
-        }
+        self.allowed = allowed;
+        self.binding = binding;
     }
 
     /// The binding decision, if any rule applied.

@@ -34,7 +34,7 @@ use crate::algorithm::{
     SlidingWindow, SlidingWindowState, StateMachine,
 };
 use crate::clock::{saturating_nanos, Clock, Nanos, SystemClock};
-use crate::decision::{Decision, Decisions, Outcome};
+use crate::decision::{Decision, Outcome};
 use crate::key::Key;
 use crate::quota::Quota;
 use crate::store::{Check, Replay, Store};
@@ -80,6 +80,10 @@ type Table<S> = HashMap<Slot, S, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Tables {
+    /// The last time this shard read, passed back to [`Clock::now_after`]: a clock whose
+    /// readings disagree between cores (the system clock's time-stamp counter) never lets this
+    /// shard's time go backwards.
+    last_now: Nanos,
     gcra: Table<GcraState>,
     fixed_window: Table<FixedWindowState>,
     sliding_window: Table<SlidingWindowState>,
@@ -193,8 +197,9 @@ async fn sweep_periodically<C: Clock>(inner: Weak<Inner<C>>, every: Duration) {
         ticks.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         for shard in inner.shards.iter() {
-            let now = inner.clock.now();
-            shard.0.lock().sweep(now);
+            let mut tables = shard.0.lock();
+            let now = tables.advance(&inner.clock);
+            tables.sweep(now);
         }
     }
 }
@@ -245,13 +250,16 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     fn decide(&self, checks: &[Check<'_>], replay: Option<&Replay>, mode: Mode) -> Outcome {
+        if let ([check], None, Mode::Charge) = (checks, replay, mode) {
+            return self.decide_one(check);
+        }
         let slot_of = |check: &Check<'_>| rule_slot(check.key, check.rule.id());
         let replay = replay
             .filter(|_| mode == Mode::Charge)
             .map(|r| (split(r.key.as_u128()), r));
         let mut locked = self.lock(checks.iter().map(slot_of).chain(replay.map(|(s, _)| s)));
         // Read under the locks: a shard never sees its time go backwards between two requests.
-        let now = self.inner.clock.now();
+        let now = locked.advance(&self.inner.clock);
         let shard_of = |slot: &Slot| self.shard_of(slot);
 
         // A replay of a request already charged passes free, up to the cap.
@@ -268,20 +276,20 @@ impl<C: Clock> MemoryStore<C> {
             }
         });
 
-        let mut decisions = Decisions::new();
+        let mut outcome = Outcome::empty(replayed);
         for check in checks {
             let slot = slot_of(check);
             let Some(tables) = locked.tables(shard_of(&slot)) else {
                 continue;
             };
-            decisions.push(match mode {
+            outcome.decisions.push(match mode {
                 // Already paid for: report the figures, admit.
                 Mode::Charge if replayed => tables.check(check, &slot, now, 0),
                 Mode::Charge => tables.check(check, &slot, now, check.rule.cost()),
                 Mode::Peek => tables.peek(check, &slot, now),
             });
         }
-        let outcome = Outcome::new(checks, decisions, replayed);
+        outcome.settle(checks);
         if !outcome.allowed || mode == Mode::Peek || replayed {
             return outcome;
         }
@@ -313,6 +321,36 @@ impl<C: Clock> MemoryStore<C> {
         }
         outcome
     }
+
+    /// A request of one check and no replay, the common case: [`decide`](Self::decide) in one
+    /// map lookup. A lone check is charged exactly when it admits, so it can be decided and
+    /// charged in place.
+    fn decide_one(&self, check: &Check<'_>) -> Outcome {
+        let slot = rule_slot(check.key, check.rule.id());
+        let decision = {
+            let mut tables = self.inner.shards[self.shard_of(&slot)].0.lock();
+            let now = tables.advance(&self.inner.clock);
+            tables.charge(check, slot, now, self.inner.shard_capacity)
+        };
+        // What `Outcome::new` gives for one check, built where it is returned: moving a
+        // finished outcome (256 bytes) cost more than deciding it.
+        let shadow = check.rule.is_shadow();
+        let outcome = Outcome {
+            allowed: shadow || decision.allowed,
+            binding: (!shadow).then_some(0),
+            replayed: false,
+            decisions: smallvec::smallvec![decision],
+        };
+        debug_assert_eq!(
+            outcome,
+            Outcome::new(
+                std::slice::from_ref(check),
+                outcome.decisions.clone(),
+                false
+            )
+        );
+        outcome
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -329,6 +367,22 @@ enum Locked<'a> {
 }
 
 impl Locked<'_> {
+    /// The request's time, after every held shard's last time; every held shard moves to it.
+    fn advance(&mut self, clock: &impl Clock) -> Nanos {
+        match self {
+            Locked::None => clock.now(),
+            Locked::One(_, guard) => guard.advance(clock),
+            Locked::Many(guards) => {
+                let seen = guards.iter().map(|(_, g)| g.last_now).max().unwrap_or(0);
+                let now = clock.now_after(seen);
+                for (_, guard) in guards.iter_mut() {
+                    guard.last_now = now;
+                }
+                now
+            }
+        }
+    }
+
     /// The tables of a shard this request holds; every slot's shard is locked before use, so
     /// `None` never happens.
     fn tables(&mut self, shard: usize) -> Option<&mut Tables> {
@@ -379,6 +433,13 @@ stored!(SlidingWindow, sliding_window);
 stored!(SlidingLog, sliding_log);
 
 impl Tables {
+    /// This shard's time now; see `last_now`.
+    #[inline]
+    fn advance(&mut self, clock: &impl Clock) -> Nanos {
+        self.last_now = clock.now_after(self.last_now);
+        self.last_now
+    }
+
     fn len(&self) -> usize {
         self.gcra.len()
             + self.fixed_window.len()
@@ -408,6 +469,40 @@ impl Tables {
         } else {
             // A denial's figures already describe the unchanged state.
             would
+        }
+    }
+
+    /// Decides a lone check and charges it if admitted, with one map lookup.
+    fn charge(&mut self, check: &Check<'_>, slot: Slot, now: Nanos, capacity: usize) -> Decision {
+        fn run<M: Stored>(
+            t: &mut Tables,
+            slot: Slot,
+            now: Nanos,
+            q: &Quota,
+            cost: u64,
+            cap: usize,
+        ) -> Decision {
+            if let Some(state) = M::table_mut(t).get_mut(&slot) {
+                let decision = M::check(Some(state), now, q, cost);
+                if decision.allowed {
+                    M::commit(Some(state), now, q, cost);
+                }
+                return decision;
+            }
+            let decision = M::check(None, now, q, cost);
+            if decision.allowed {
+                if let Some(state) = M::commit(None, now, q, cost) {
+                    t.insert_new(slot, now, cap, M::table_mut, state);
+                }
+            }
+            decision
+        }
+        let (q, cost) = (check.rule.quota(), check.rule.cost());
+        match check.rule.algorithm() {
+            Algorithm::Gcra => run::<Gcra>(self, slot, now, q, cost, capacity),
+            Algorithm::FixedWindow => run::<FixedWindow>(self, slot, now, q, cost, capacity),
+            Algorithm::SlidingWindow => run::<SlidingWindow>(self, slot, now, q, cost, capacity),
+            Algorithm::SlidingLog => run::<SlidingLog>(self, slot, now, q, cost, capacity),
         }
     }
 
@@ -523,5 +618,50 @@ impl<C: Clock> Store for MemoryStore<C> {
         checks: &[Check<'_>],
     ) -> impl std::future::Future<Output = Result<Outcome, Self::Error>> + Send {
         std::future::ready(Ok(self.decide(checks, None, Mode::Peek)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KeySecret, ManualClock, Rule};
+
+    /// Reads like the system clock's time-stamp counter on a core that lags: behind what a
+    /// shard has seen, so [`Clock::now_after`] returns the shard's time.
+    struct Lagging(ManualClock);
+
+    impl Clock for Lagging {
+        fn now(&self) -> Nanos {
+            self.0.now()
+        }
+        fn now_after(&self, seen: Nanos) -> Nanos {
+            self.0.now().max(seen)
+        }
+    }
+
+    /// A reading behind one a shard has already seen reads as time standing still, on the
+    /// one-check path and the general one: the wait named is the quota's, not the cores' gap.
+    #[test]
+    fn a_shard_time_never_goes_backwards() {
+        let start = 1_700_000_000_000_000_000;
+        let clock = ManualClock::new(start);
+        let store = MemoryStore::builder()
+            .clock(Lagging(clock.clone()))
+            .sweep_interval(None)
+            .build();
+        let quota = Quota::per_second(1).unwrap();
+        let a = Rule::builder("a", quota).build().unwrap();
+        let b = Rule::builder("b", quota).build().unwrap();
+        let key = KeySecret::DEFAULT.key().part(b"client").finish();
+        let one = [Check { rule: &a, key }];
+        let two = [Check { rule: &a, key }, Check { rule: &b, key }];
+        for (round, checks) in [&one[..], &two[..]].into_iter().enumerate() {
+            let at = start + round as u64 * 100_000_000_000;
+            clock.set(at);
+            assert!(store.check_now(checks, None).allowed);
+            clock.set(at - 10_000_000_000);
+            let denied = store.check_now(checks, None);
+            assert_eq!(denied.retry_after(), Some(Duration::from_secs(1)));
+        }
     }
 }
