@@ -18,6 +18,9 @@ pub struct SlidingLog;
 pub struct SlidingLogState {
     /// `(admitted at, cost)`, sorted by time.
     pub entries: VecDeque<(Nanos, u64)>,
+    /// The sum of the entries' costs, so that the cost in the window is this minus the expired
+    /// entries at the front: a decision costs O(expired), not O(entries).
+    pub total: u64,
     /// When the newest entry leaves the window.
     pub expires_at: Nanos,
 }
@@ -36,18 +39,14 @@ impl StateMachine for SlidingLog {
         // An entry counts while `at > now - period`: one admitted exactly `period` ago has left.
         let live = |at: Nanos| at.saturating_add(period) > now;
         let entries = state.map(|s| &s.entries);
-        let used: u64 = entries
-            .into_iter()
-            .flatten()
-            .filter(|(at, _)| live(*at))
-            .map(|(_, c)| c)
-            .sum();
+        let used = state.map_or(0, |s| live_cost(s, now, quota));
         let newest = entries.and_then(|e| e.back()).map(|(at, _)| *at);
 
         if used + cost <= limit {
             let mut next = SlidingLogState::default();
             next.entries
                 .extend(entries.into_iter().flatten().filter(|(at, _)| live(*at)));
+            next.total = used + cost;
             if cost > 0 {
                 // Keep the log sorted even if the clock went back.
                 let pos = next.entries.partition_point(|(at, _)| *at <= now);
@@ -118,13 +117,14 @@ impl StateMachine for SlidingLog {
         let period = quota.period_nanos();
         // The log is sorted, so expired entries are at the front; the new one goes at the back
         // (or in order, if the clock went back), exactly as `decide` builds it.
-        while log
-            .entries
-            .front()
-            .is_some_and(|(at, _)| at.saturating_add(period) <= now)
-        {
+        while let Some(&(at, c)) = log.entries.front() {
+            if at.saturating_add(period) > now {
+                break;
+            }
             log.entries.pop_front();
+            log.total -= c;
         }
+        log.total += cost;
         let pos = log.entries.partition_point(|(at, _)| *at <= now);
         match pos.checked_sub(1).map(|i| &mut log.entries[i]) {
             Some((at, c)) if *at == now => *c += cost,
@@ -136,12 +136,15 @@ impl StateMachine for SlidingLog {
     }
 }
 
-/// Cost admitted within the window that ends at `now`.
+/// Cost admitted within the window that ends at `now`: the total less the expired entries,
+/// which the sorted log keeps at its front.
 fn live_cost(log: &SlidingLogState, now: Nanos, quota: &Quota) -> u64 {
     let period = quota.period_nanos();
-    log.entries
+    let expired: u64 = log
+        .entries
         .iter()
-        .filter(|(at, _)| at.saturating_add(period) > now)
+        .take_while(|(at, _)| at.saturating_add(period) <= now)
         .map(|(_, c)| c)
-        .sum()
+        .sum();
+    log.total - expired
 }
