@@ -13,7 +13,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -180,15 +180,26 @@ where
             }
             Err(_missing_peer) => return ResponseFuture::ready(response::missing_peer_addr()),
         };
-        // The service made ready by `poll_ready` goes with this request; a clone takes its place.
-        let ready = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, ready);
         let limiter = Arc::clone(&self.limiter);
-        let check: PendingCheck<ReqB> = Box::pin(async move {
+        let mut check: PendingCheck<ReqB> = Box::pin(async move {
             let answer = limiter.check(&plan).await;
             let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
             (verdict, request)
         });
+        // A store that answers at once (the memory store) is decided here, and the inner
+        // service called straight away: no state to move through. Otherwise (Redis) the future
+        // waits; its first real poll registers the real waker.
+        if let Poll::Ready((verdict, request)) =
+            check.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+        {
+            return match verdict {
+                Verdict::Admit(headers) => ResponseFuture::inner(self.inner.call(request), headers),
+                Verdict::Respond(response) => ResponseFuture::ready(response),
+            };
+        }
+        // The service made ready by `poll_ready` goes with this request; a clone takes its place.
+        let ready = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, ready);
         ResponseFuture {
             state: State::Checking {
                 check,

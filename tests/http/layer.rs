@@ -275,6 +275,49 @@ async fn a_store_error_is_a_503_with_a_json_body() {
     assert_eq!(limiter.metrics().limit("per_ip").unwrap().errors, 1);
 }
 
+/// A store that answers only after a real wait, as a networked store (Redis) does: the layer's
+/// path for stores that do not answer at once.
+#[derive(Clone)]
+struct SlowStore(MemoryStore<ManualClock>);
+
+impl Store for SlowStore {
+    type Error = Infallible;
+
+    async fn check(
+        &self,
+        checks: &[Check<'_>],
+        replay: Option<&Replay>,
+    ) -> Result<Outcome, Infallible> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.0.check(checks, replay).await
+    }
+
+    async fn peek(&self, checks: &[Check<'_>]) -> Result<Outcome, Infallible> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.0.peek(checks).await
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_answers_later_admits_and_denies_the_same() {
+    let (store, _clock) = manual_store(Duration::ZERO);
+    let limiter = RateLimitLayer::builder()
+        .store(SlowStore(store))
+        .limit(per_ip(2))
+        .build()
+        .unwrap();
+    let client = TestClient::new(serve_axum(hello(limiter)).await);
+    for remaining in ["1", "0"] {
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "hello");
+        assert_eq!(reply.header("x-ratelimit-remaining"), Some(remaining));
+    }
+    let reply = client.get("/").await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(reply.retry_after() >= 1);
+}
+
 #[tokio::test]
 async fn shadow_rules_are_counted_but_never_deny() {
     let (store, _clock) = manual_store(Duration::ZERO);
