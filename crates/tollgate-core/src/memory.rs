@@ -307,10 +307,10 @@ impl<C: Clock> MemoryStore<C> {
                 return outcome;
             };
             // A record at its cap stays until it expires: later repeats are charged.
-            if !tables
+            if tables
                 .replays
                 .get(&slot)
-                .is_some_and(|rec| rec.expires_at > now)
+                .is_none_or(|rec| rec.expires_at <= now)
             {
                 let record = ReplayRecord {
                     expires_at: now.saturating_add(saturating_nanos(r.ttl)),
