@@ -432,6 +432,18 @@ stored!(FixedWindow, fixed_window);
 stored!(SlidingWindow, sliding_window);
 stored!(SlidingLog, sliding_log);
 
+/// Calls the generic function `$f::<M>` with the state machine `M` of an [`Algorithm`].
+macro_rules! with_machine {
+    ($algorithm:expr, $f:ident($($arg:expr),*)) => {
+        match $algorithm {
+            Algorithm::Gcra => $f::<Gcra>($($arg),*),
+            Algorithm::FixedWindow => $f::<FixedWindow>($($arg),*),
+            Algorithm::SlidingWindow => $f::<SlidingWindow>($($arg),*),
+            Algorithm::SlidingLog => $f::<SlidingLog>($($arg),*),
+        }
+    };
+}
+
 impl Tables {
     /// This shard's time now; see `last_now`.
     #[inline]
@@ -453,12 +465,7 @@ impl Tables {
             M::check(M::table(t).get(slot), now, q, cost)
         }
         let quota = check.rule.quota();
-        match check.rule.algorithm() {
-            Algorithm::Gcra => run::<Gcra>(self, slot, now, quota, cost),
-            Algorithm::FixedWindow => run::<FixedWindow>(self, slot, now, quota, cost),
-            Algorithm::SlidingWindow => run::<SlidingWindow>(self, slot, now, quota, cost),
-            Algorithm::SlidingLog => run::<SlidingLog>(self, slot, now, quota, cost),
-        }
+        with_machine!(check.rule.algorithm(), run(self, slot, now, quota, cost))
     }
 
     /// Whether a request would pass now, with the figures as they stand (nothing charged).
@@ -498,12 +505,10 @@ impl Tables {
             decision
         }
         let (q, cost) = (check.rule.quota(), check.rule.cost());
-        match check.rule.algorithm() {
-            Algorithm::Gcra => run::<Gcra>(self, slot, now, q, cost, capacity),
-            Algorithm::FixedWindow => run::<FixedWindow>(self, slot, now, q, cost, capacity),
-            Algorithm::SlidingWindow => run::<SlidingWindow>(self, slot, now, q, cost, capacity),
-            Algorithm::SlidingLog => run::<SlidingLog>(self, slot, now, q, cost, capacity),
-        }
+        with_machine!(
+            check.rule.algorithm(),
+            run(self, slot, now, q, cost, capacity)
+        )
     }
 
     /// Charges an admitted request.
@@ -522,12 +527,10 @@ impl Tables {
             }
         }
         let q = check.rule.quota();
-        match check.rule.algorithm() {
-            Algorithm::Gcra => run::<Gcra>(self, slot, now, q, cost, capacity),
-            Algorithm::FixedWindow => run::<FixedWindow>(self, slot, now, q, cost, capacity),
-            Algorithm::SlidingWindow => run::<SlidingWindow>(self, slot, now, q, cost, capacity),
-            Algorithm::SlidingLog => run::<SlidingLog>(self, slot, now, q, cost, capacity),
-        }
+        with_machine!(
+            check.rule.algorithm(),
+            run(self, slot, now, q, cost, capacity)
+        )
     }
 
     /// Writes the state of a key not yet held; it may first trigger a sweep, and an eviction
