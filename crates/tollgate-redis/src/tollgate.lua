@@ -59,14 +59,20 @@ local function imod(a, m)
   return r
 end
 
--- (a * b) mod m for 0 <= a, b < m <= 2^51: doubling keeps every partial sum below 2m.
-local function mulmod(a, b, m)
+-- The binary digits of an integer b >= 0, least significant first, and how many there are.
+local function binary_digits(b)
   local bits, nb = {}, 0
   while b > 0 do
     local bit = b % 2
     nb = nb + 1; bits[nb] = bit
     b = (b - bit) / 2
   end
+  return bits, nb
+end
+
+-- (a * b) mod m for 0 <= a, b < m <= 2^51: doubling keeps every partial sum below 2m.
+local function mulmod(a, b, m)
+  local bits, nb = binary_digits(b)
   local r = 0
   for i = nb, 1, -1 do
     r = r + r
@@ -83,12 +89,7 @@ end
 -- binary long multiplication of a by b, with the product kept as q * c + r, 0 <= r < c.
 local function muldiv(a, b, c)
   local qa, ra = idiv(a, c)
-  local bits, nb = {}, 0
-  while b > 0 do
-    local bit = b % 2
-    nb = nb + 1; bits[nb] = bit
-    b = (b - bit) / 2
-  end
+  local bits, nb = binary_digits(b)
   local q, r = 0, 0
   for i = nb, 1, -1 do
     q = q + q; r = r + r
