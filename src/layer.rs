@@ -5,15 +5,16 @@
 //! Per request: the applicable limits and their keys are worked out from the request head
 //! (no allocation beyond small inline vectors), the store decides them all at once, and then
 //! either the inner service is called and the rate-limit headers are added to its response, or
-//! the layer answers by itself and the inner service is never called. The one allocation the
-//! path cannot avoid is the boxed store future, since a store's future borrows the checks; a
-//! request no limit applies to goes straight to the inner service.
+//! the layer answers by itself and the inner service is never called. A store that answers at
+//! once (`Store::check_ready`: the memory store) is decided inside `call`, with no allocation; a
+//! store that must wait (Redis) gets one boxed future, since a store's future borrows the
+//! checks. A request no limit applies to goes straight to the inner service.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -180,23 +181,23 @@ where
             }
             Err(_missing_peer) => return ResponseFuture::ready(response::missing_peer_addr()),
         };
-        let limiter = Arc::clone(&self.limiter);
-        let mut check: PendingCheck<ReqB> = Box::pin(async move {
-            let answer = limiter.check(&plan).await;
-            let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
-            (verdict, request)
-        });
         // A store that answers at once (the memory store) is decided here, and the inner
-        // service called straight away: no state to move through. Otherwise (Redis) the future
-        // waits; its first real poll registers the real waker.
-        if let Poll::Ready((verdict, request)) =
-            check.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-        {
+        // service called straight away: no future to allocate, no state to move through.
+        if let Some(answer) = self.limiter.check_ready(&plan) {
+            let verdict = self
+                .limiter
+                .verdict(&plan, answer, &RequestHead::of(&request));
             return match verdict {
                 Verdict::Admit(headers) => ResponseFuture::inner(self.inner.call(request), headers),
                 Verdict::Respond(response) => ResponseFuture::ready(response),
             };
         }
+        let limiter = Arc::clone(&self.limiter);
+        let check: PendingCheck<ReqB> = Box::pin(async move {
+            let answer = limiter.check(&plan).await;
+            let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
+            (verdict, request)
+        });
         // The service made ready by `poll_ready` goes with this request; a clone takes its place.
         let ready = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, ready);

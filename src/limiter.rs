@@ -210,16 +210,26 @@ impl<S: Store> Limiter<S> {
         }
     }
 
-    /// Asks the store about the planned checks.
-    pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
-        let checks: SmallVec<[Check<'_>; 4]> = plan
-            .checks
+    /// The store's checks for a plan.
+    fn checks<'a>(&'a self, plan: &Plan) -> SmallVec<[Check<'a>; 4]> {
+        plan.checks
             .iter()
             .filter_map(|&(i, key)| {
                 let rule = &self.limits.get(i)?.rule;
                 Some(Check { rule, key })
             })
-            .collect();
+            .collect()
+    }
+
+    /// The store's answer, if it can give it without waiting (`Store::check_ready`).
+    pub(crate) fn check_ready(&self, plan: &Plan) -> Option<Result<Outcome, S::Error>> {
+        self.store
+            .check_ready(&self.checks(plan), plan.replay.as_ref())
+    }
+
+    /// Asks the store about the planned checks.
+    pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
+        let checks = self.checks(plan);
         self.store.check(&checks, plan.replay.as_ref()).await
     }
 

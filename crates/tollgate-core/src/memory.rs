@@ -616,6 +616,14 @@ impl<C: Clock> Store for MemoryStore<C> {
         std::future::ready(Ok(self.decide(checks, replay, Mode::Charge)))
     }
 
+    fn check_ready(
+        &self,
+        checks: &[Check<'_>],
+        replay: Option<&Replay>,
+    ) -> Option<Result<Outcome, Self::Error>> {
+        Some(Ok(self.decide(checks, replay, Mode::Charge)))
+    }
+
     fn peek(
         &self,
         checks: &[Check<'_>],

@@ -51,6 +51,18 @@ pub trait Store: Send + Sync + 'static {
         replay: Option<&Replay>,
     ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
 
+    /// Decides at once, for a store that can without waiting (the memory store), with the same
+    /// answer [`check`](Self::check) would give. `None` (the default) sends the caller to
+    /// `check`. A caller on a hot path, such as the HTTP layer, then needs no future at all.
+    fn check_ready(
+        &self,
+        checks: &[Check<'_>],
+        replay: Option<&Replay>,
+    ) -> Option<Result<Outcome, Self::Error>> {
+        let _ = (checks, replay);
+        None
+    }
+
     /// Reports, charging nothing, whether the request would pass now and where each check stands:
     /// `remaining` is what is left now, and a check that would deny says when it would pass.
     fn peek(
