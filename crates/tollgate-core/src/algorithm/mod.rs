@@ -10,7 +10,7 @@
 //! | [`Gcra`] (default) | 600 at once, then one every 100 ms | 8 bytes | you want smooth, fair limiting |
 //! | [`FixedWindow`] | 600 per calendar minute, reset on the minute | 16 bytes | you want what most APIs document |
 //! | [`SlidingLog`] | 600 in any 60 s interval, exactly | 16 bytes per request in the window | the limit is a contract |
-//! | [`SlidingWindow`] | about 600 in any 60 s (weighted estimate, never over) | 24 bytes | you want near-exact at O(1) |
+//! | [`SlidingWindow`] | about 600 in any 60 s (a weighted estimate; at most 600 per calendar minute) | 24 bytes | you want near-exact at O(1) |
 
 mod fixed_window;
 mod gcra;
