@@ -489,17 +489,11 @@ impl Tables {
             cost: u64,
             cap: usize,
         ) -> Decision {
-            if let Some(state) = M::table_mut(t).get_mut(&slot) {
-                let decision = M::check(Some(state), now, q, cost);
-                if decision.allowed {
-                    M::commit(Some(state), now, q, cost);
-                }
-                return decision;
-            }
-            let decision = M::check(None, now, q, cost);
+            let mut state = M::table_mut(t).get_mut(&slot);
+            let decision = M::check(state.as_deref(), now, q, cost);
             if decision.allowed {
-                if let Some(state) = M::commit(None, now, q, cost) {
-                    t.insert_new(slot, now, cap, M::table_mut, state);
+                if let Some(fresh) = M::commit(state.take(), now, q, cost) {
+                    t.insert_new(slot, now, cap, M::table_mut, fresh);
                 }
             }
             decision
