@@ -105,6 +105,16 @@ fn rule(name: &str, quota: Quota, algorithm: Algorithm) -> Rule {
         .expect("conformance rules are valid")
 }
 
+/// `rule` with free idempotent replays.
+fn replayable(rule: Rule) -> Rule {
+    Rule::builder(rule.name(), *rule.quota())
+        .algorithm(rule.algorithm())
+        .cost(rule.cost())
+        .honour_replays(true)
+        .build()
+        .expect("conformance rules are valid")
+}
+
 fn q(limit: u64, period_ms: u64) -> Quota {
     Quota::new(limit, ms(period_ms)).expect("conformance quotas are valid")
 }
@@ -289,7 +299,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "idempotent replays pass free up to the cap, then are charged",
-            rules: vec![rule("r", q(2, 1000), FixedWindow)],
+            rules: vec![replayable(rule("r", q(2, 1000), FixedWindow))],
             steps: vec![
                 Step {
                     replay: Some("k1"),
@@ -318,6 +328,61 @@ pub fn cases() -> Vec<Case> {
                 Step {
                     replay: Some("k2"),
                     ..req(50, vec![no(0, 950, 950)])
+                },
+            ],
+        },
+        Case {
+            name: "a replay is free only in the rules that honour replays; the others charge it",
+            rules: vec![
+                replayable(rule("per_token", q(5, 1000), FixedWindow)),
+                rule("per_ip", q(2, 1000), FixedWindow),
+            ],
+            steps: vec![
+                Step {
+                    replay: Some("k1"),
+                    ..req(0, vec![ok(4, 1000), ok(1, 1000)])
+                },
+                Step {
+                    replay: Some("k1"),
+                    replayed: true,
+                    ..req(10, vec![ok(4, 990), ok(0, 990)])
+                },
+                // The per-IP bucket is spent: the replay is denied and takes no free replay.
+                Step {
+                    replay: Some("k1"),
+                    ..req(20, vec![ok(4, 980), no(0, 980, 980)])
+                },
+                Step {
+                    replay: Some("k1"),
+                    replayed: true,
+                    ..req(1_000, vec![ok(5, 1000), ok(1, 1000)])
+                },
+                // Both free replays taken: charged by every rule.
+                Step {
+                    replay: Some("k1"),
+                    ..req(1_010, vec![ok(4, 990), ok(0, 990)])
+                },
+                Step {
+                    replay: Some("k2"),
+                    ..req(1_020, vec![ok(3, 980), no(0, 980, 980)])
+                },
+            ],
+        },
+        Case {
+            name: "a replay offered to rules that do not honour replays changes nothing",
+            rules: vec![rule("r", q(2, 1000), FixedWindow)],
+            steps: vec![
+                Step {
+                    replay: Some("k1"),
+                    ..req(0, vec![ok(1, 1000)])
+                },
+                Step {
+                    replay: Some("k1"),
+                    ..req(10, vec![ok(0, 990)])
+                },
+                Step {
+                    replay: Some("k1"),
+                    ..req(20, vec![no(0, 980, 980)])
                 },
             ],
         },

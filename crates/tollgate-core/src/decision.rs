@@ -63,7 +63,9 @@ pub struct Outcome {
     /// Index (into the checks and `decisions`) of the decision whose figures a client should see:
     /// the most restrictive enforced rule. `None` only when no enforced rule applied.
     pub binding: Option<usize>,
-    /// The request repeated an idempotency key already charged, and was admitted without charge.
+    /// The request repeated an idempotency key already charged and was admitted as a free
+    /// replay: the rules that [honour replays](crate::Rule::honours_replays) did not charge it.
+    /// Never set on a denied request.
     pub replayed: bool,
     /// One decision per check, in order.
     pub decisions: Decisions,
@@ -128,6 +130,8 @@ impl Outcome {
         };
         self.allowed = allowed;
         self.binding = binding;
+        // A replay that another rule denied took no free replay.
+        self.replayed &= allowed;
     }
 
     /// The binding decision, if any rule applied.

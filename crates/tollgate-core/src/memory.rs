@@ -254,27 +254,24 @@ impl<C: Clock> MemoryStore<C> {
             return self.decide_one(check);
         }
         let slot_of = |check: &Check<'_>| rule_slot(check.key, check.rule.id());
+        // A replay only matters to the rules that honour it.
         let replay = replay
-            .filter(|_| mode == Mode::Charge)
+            .filter(|_| mode == Mode::Charge && checks.iter().any(|c| c.rule.honours_replays()))
             .map(|r| (split(r.key.as_u128()), r));
         let mut locked = self.lock(checks.iter().map(slot_of).chain(replay.map(|(s, _)| s)));
         // Read under the locks: a shard never sees its time go backwards between two requests.
         let now = locked.advance(&self.inner.clock);
         let shard_of = |slot: &Slot| self.shard_of(slot);
 
-        // A replay of a request already charged passes free, up to the cap.
+        // A repeat of a request already charged passes the rules that honour replays free, up
+        // to the cap; the free replay is taken only if the request passes.
         let replayed = replay.is_some_and(|(slot, r)| {
-            let Some(tables) = locked.tables(shard_of(&slot)) else {
-                return false;
-            };
-            match tables.replays.get_mut(&slot) {
-                Some(record) if record.expires_at > now && record.replays < r.max_replays => {
-                    record.replays += 1;
-                    true
-                }
-                _ => false,
-            }
+            locked
+                .tables(shard_of(&slot))
+                .and_then(|tables| tables.replays.get(&slot))
+                .is_some_and(|record| record.expires_at > now && record.replays < r.max_replays)
         });
+        let free = |check: &Check<'_>| replayed && check.rule.honours_replays();
 
         let mut outcome = Outcome::empty(replayed);
         for check in checks {
@@ -284,21 +281,24 @@ impl<C: Clock> MemoryStore<C> {
             };
             outcome.decisions.push(match mode {
                 // Already paid for: report the figures, admit.
-                Mode::Charge if replayed => tables.check(check, &slot, now, 0),
+                Mode::Charge if free(check) => tables.check(check, &slot, now, 0),
                 Mode::Charge => tables.check(check, &slot, now, check.rule.cost()),
                 Mode::Peek => tables.peek(check, &slot, now),
             });
         }
         outcome.settle(checks);
-        if !outcome.allowed || mode == Mode::Peek || replayed {
+        if !outcome.allowed || mode == Mode::Peek {
             return outcome;
         }
 
         let capacity = self.inner.shard_capacity;
         for (check, decision) in checks.iter().zip(&outcome.decisions) {
             let slot = slot_of(check);
-            // A shadow rule that would deny is not charged.
-            if let (true, Some(tables)) = (decision.allowed, locked.tables(shard_of(&slot))) {
+            // A shadow rule that would deny is not charged, nor is a free replay.
+            if !decision.allowed || free(check) {
+                continue;
+            }
+            if let Some(tables) = locked.tables(shard_of(&slot)) {
                 tables.commit(check, slot, now, check.rule.cost(), capacity);
             }
         }
@@ -306,17 +306,17 @@ impl<C: Clock> MemoryStore<C> {
             let Some(tables) = locked.tables(shard_of(&slot)) else {
                 return outcome;
             };
-            // A record at its cap stays until it expires: later repeats are charged.
-            if tables
-                .replays
-                .get(&slot)
-                .is_none_or(|rec| rec.expires_at <= now)
-            {
-                let record = ReplayRecord {
-                    expires_at: now.saturating_add(saturating_nanos(r.ttl)),
-                    replays: 0,
-                };
-                tables.insert_new(slot, now, capacity, |t| &mut t.replays, record);
+            match tables.replays.get_mut(&slot) {
+                Some(record) if replayed => record.replays += 1,
+                // A record at its cap stays until it expires: later repeats are charged.
+                Some(record) if record.expires_at > now => {}
+                _ => {
+                    let record = ReplayRecord {
+                        expires_at: now.saturating_add(saturating_nanos(r.ttl)),
+                        replays: 0,
+                    };
+                    tables.insert_new(slot, now, capacity, |t| &mut t.replays, record);
+                }
             }
         }
         outcome

@@ -39,6 +39,7 @@ struct RuleInner {
     algorithm: Algorithm,
     cost: u64,
     shadow: bool,
+    replays: bool,
 }
 
 /// Why a [`Rule`] could not be built.
@@ -77,6 +78,7 @@ impl Rule {
             algorithm: Algorithm::default(),
             cost: 1,
             shadow: false,
+            replays: false,
         }
     }
 
@@ -109,6 +111,13 @@ impl Rule {
     pub fn is_shadow(&self) -> bool {
         self.inner.shadow
     }
+
+    /// Whether an idempotent replay (a request repeating an idempotency key this rule already
+    /// charged, see [`Replay`](crate::Replay)) passes this rule without being charged again.
+    /// Off by default: a rule charges every request, whatever idempotency key it carries.
+    pub fn honours_replays(&self) -> bool {
+        self.inner.replays
+    }
 }
 
 impl fmt::Debug for Rule {
@@ -119,6 +128,7 @@ impl fmt::Debug for Rule {
             .field("algorithm", &self.algorithm())
             .field("cost", &self.cost())
             .field("shadow", &self.is_shadow())
+            .field("honours_replays", &self.honours_replays())
             .finish()
     }
 }
@@ -132,6 +142,7 @@ pub struct RuleBuilder {
     algorithm: Algorithm,
     cost: u64,
     shadow: bool,
+    replays: bool,
 }
 
 impl RuleBuilder {
@@ -150,6 +161,15 @@ impl RuleBuilder {
     /// Shadow mode: evaluate and report, never deny (default: off).
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
+        self
+    }
+
+    /// Lets idempotent replays pass this rule free (default: off); see
+    /// [`Rule::honours_replays`]. Turn it on only for the buckets whose clients retry writes
+    /// with an idempotency key (a per-token API bucket), never for an abuse ceiling such as a
+    /// per-IP login limit: a replay would then be a way around it.
+    pub fn honour_replays(mut self, honour: bool) -> Self {
+        self.replays = honour;
         self
     }
 
@@ -186,6 +206,7 @@ impl RuleBuilder {
                 algorithm: self.algorithm,
                 cost: self.cost,
                 shadow: self.shadow,
+                replays: self.replays,
             }),
         })
     }

@@ -21,7 +21,10 @@ pub struct Check<'a> {
 }
 
 /// Idempotent replays: a request that repeats an idempotency key already charged for the same
-/// identity is admitted without being charged again, up to `max_replays` times within `ttl`.
+/// request (the caller digests identity, method and route into `key`) passes the rules that
+/// [honour replays](Rule::honours_replays) without being charged by them again, up to
+/// `max_replays` times within `ttl`. Every other rule of the request checks and charges it like
+/// any request, so a replay never gets past a rule that does not opt in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replay {
     /// Digest of the identity together with the idempotency key.
@@ -42,7 +45,12 @@ pub trait Store: Send + Sync + 'static {
     /// enforced rule denies it. Shadow rules are charged when they admit, and never deny.
     ///
     /// With `replay`, a request whose replay key was charged within its TTL, and replayed fewer
-    /// than `max_replays` times, is admitted without charge (`Outcome::replayed`).
+    /// than `max_replays` times, is a free replay (`Outcome::replayed`): the rules that
+    /// [honour replays](Rule::honours_replays) report their figures at cost 0 and are not
+    /// charged; the others decide and charge it as usual, all-or-nothing, and a replay they deny
+    /// does not use up one of the free replays. A request that is not a free replay and passes
+    /// records its replay key (unless a live record exists), provided one of its rules honours
+    /// replays; with none, `replay` changes nothing.
     ///
     /// Checks must name distinct rules.
     fn check(
