@@ -197,8 +197,10 @@ impl<S: Store> RateLimitBuilder<S> {
         self
     }
 
-    /// Admits free a request that repeats an idempotency key already charged for the same
-    /// identity; see [`Idempotency`]. Default: off.
+    /// Lets a request that repeats an idempotency key already charged for the same request
+    /// pass free the limits whose rule [honours
+    /// replays](tollgate_core::RuleBuilder::honour_replays); every other limit charges it as
+    /// usual. See [`Idempotency`]. Default: off.
     pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
         self.idempotency = Some(idempotency);
         self
@@ -267,6 +269,9 @@ impl<S: Store> RateLimitBuilder<S> {
                 parts,
                 counters: Counters::default(),
             });
+        }
+        if let Some(idempotency) = &self.idempotency {
+            idempotency.validate()?;
         }
         let routes = self
             .routes

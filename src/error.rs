@@ -36,6 +36,9 @@ pub enum BuildError {
         /// The longest prefix of the family.
         max: u8,
     },
+    /// The idempotency settings were out of bounds.
+    #[error("idempotency: {0}")]
+    Idempotency(String),
     /// A preset was configured inconsistently.
     #[error("{preset} preset: {reason}")]
     Preset {

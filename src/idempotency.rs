@@ -1,17 +1,33 @@
 //! Idempotent replays: a retry that repeats an `Idempotency-Key` already charged for the same
-//! identity passes without burning quota again.
+//! request passes the limits that opt in without burning their quota again.
 //!
-//! The replay key is a digest of every applicable limit's key (so "the same identity" means the
-//! same client as far as every rule is concerned, on the same endpoint when the rules key by
-//! route) together with the idempotency key. The store does the rest
-//! ([`Store::check`](tollgate_core::Store::check)): a request with a new idempotency key is
-//! charged and remembered for the TTL; a repeat within the TTL is admitted free, up to
-//! `max_replays` times, after which it is charged like any request.
+//! A replay is free only as *the same request*: the replay key is a digest of the method, the
+//! route template (the path when no template is known), every applicable limit's key (the same
+//! client as far as every limit is concerned) and the idempotency key. So a key charged on
+//! `POST /api/public/v1/vms` buys nothing on another route, another method or for another
+//! client. Only writes carry one by default (`POST`, `PUT`, `PATCH`, `DELETE`): a `GET` is
+//! idempotent already and is charged like any request.
+//!
+//! And a replay is free only in the limits whose rule [honours
+//! replays](tollgate_core::RuleBuilder::honour_replays): every other limit of the request charges
+//! it as usual. An abuse ceiling (the VMArea per-IP bucket on `/auth/login`) does not opt in, so
+//! fresh or replayed Idempotency-Keys never get a client past it: whatever keys a sequence of
+//! requests carries, a limit outside the replay scope admits at most its quota.
+//!
+//! The store does the rest ([`Store::check`](tollgate_core::Store::check)): a passing request
+//! with a new key is charged and recorded for the TTL; a repeat within the TTL passes the
+//! opted-in limits free, at most `max_replays` times, after which it is charged like any request.
+//! A record lives at most [`Idempotency::MAX_TTL`] and allows at most
+//! [`Idempotency::MAX_REPLAYS`] free replays, so what one charged request can buy is bounded.
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderName, Method};
+use smallvec::SmallVec;
 use tollgate_core::{Key, KeySecret, Replay};
+
+use crate::error::BuildError;
+use crate::limiter::RequestHead;
 
 /// How idempotent replays are recognised; see [`RateLimitBuilder::idempotency`](crate::RateLimitBuilder::idempotency).
 ///
@@ -30,6 +46,7 @@ pub struct Idempotency {
     header: HeaderName,
     ttl: Duration,
     max_replays: u32,
+    methods: SmallVec<[Method; 4]>,
 }
 
 impl Default for Idempotency {
@@ -39,12 +56,21 @@ impl Default for Idempotency {
 }
 
 impl Idempotency {
-    /// Reads `Idempotency-Key`; a charged request may be replayed free 5 times within 24 hours.
+    /// The longest a record may live: a charged request can be replayed free for at most a day.
+    pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+    /// The most free replays a record may allow.
+    pub const MAX_REPLAYS: u32 = 100;
+
+    /// Reads `Idempotency-Key` on `POST`, `PUT`, `PATCH` and `DELETE`; a charged request may be
+    /// replayed free 5 times within 24 hours.
     pub fn new() -> Self {
         Self {
             header: HeaderName::from_static("idempotency-key"),
-            ttl: Duration::from_secs(24 * 3600),
+            ttl: Self::MAX_TTL,
             max_replays: 5,
+            methods: [Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -54,27 +80,67 @@ impl Idempotency {
         self
     }
 
-    /// How long a charged request may be replayed for free (default 24 hours).
+    /// How long a charged request may be replayed for free (default and most: 24 hours,
+    /// [`MAX_TTL`](Self::MAX_TTL); a longer one is a build error).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
 
-    /// How many free replays a charged request gets (default 5).
+    /// How many free replays a charged request gets (default 5, at most
+    /// [`MAX_REPLAYS`](Self::MAX_REPLAYS); more is a build error).
     pub fn max_replays(mut self, max_replays: u32) -> Self {
         self.max_replays = max_replays;
         self
     }
 
-    /// The replay to offer the store, when the request carries a non-empty idempotency key.
+    /// The methods whose requests may be replayed free (default `POST`, `PUT`, `PATCH`,
+    /// `DELETE`); a request of another method is charged whatever key it carries.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether requests of `method` may be replayed.
+    pub(crate) fn applies_to(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+    }
+
+    /// The configuration mistake, if any.
+    pub(crate) fn validate(&self) -> Result<(), BuildError> {
+        let reason = if self.ttl.is_zero() || self.ttl > Self::MAX_TTL {
+            format!(
+                "the record TTL must be between 1 ns and {} hours (got {:?})",
+                Self::MAX_TTL.as_secs() / 3600,
+                self.ttl
+            )
+        } else if self.max_replays == 0 || self.max_replays > Self::MAX_REPLAYS {
+            format!(
+                "max_replays must be between 1 and {} (got {}); to turn replays off, configure no idempotency",
+                Self::MAX_REPLAYS,
+                self.max_replays
+            )
+        } else {
+            return Ok(());
+        };
+        Err(BuildError::Idempotency(reason))
+    }
+
+    /// The replay to offer the store, when the request carries a non-empty idempotency key:
+    /// a digest of the method, `route` (the template, or the path) and the limits' `keys`.
     pub(crate) fn replay(
         &self,
         secret: &KeySecret,
-        headers: &HeaderMap,
+        req: &RequestHead<'_>,
+        route: &str,
         keys: impl Iterator<Item = Key>,
     ) -> Option<Replay> {
-        let value = crate::key::header_value(headers, &self.header)?;
-        let mut digest = secret.key().part(b"idempotency");
+        let value = crate::key::header_value(req.headers, &self.header)?;
+        let mut digest = secret
+            .key()
+            .part(b"idempotency")
+            .part(req.method.as_str().as_bytes())
+            .part(route.as_bytes());
         for key in keys {
             digest.push(&key.as_u128().to_le_bytes());
         }

@@ -124,13 +124,25 @@ impl<S: Store> Limiter<S> {
         if checks.is_empty() {
             return Ok(None);
         }
-        let replay = self.idempotency.as_ref().and_then(|idempotency| {
-            idempotency.replay(
-                &self.secret,
-                req.headers,
-                checks.iter().map(|&(_, key)| key),
-            )
-        });
+        let replay = self
+            .idempotency
+            .as_ref()
+            .filter(|idempotency| idempotency.applies_to(req.method))
+            .filter(|_| {
+                checks
+                    .iter()
+                    .any(|&(i, _)| self.limits[i].rule.honours_replays())
+            })
+            .and_then(|idempotency| {
+                // The same request: its template, or its path when it has none.
+                let route = self.find_route(req).unwrap_or(path);
+                idempotency.replay(
+                    &self.secret,
+                    req,
+                    route,
+                    checks.iter().map(|&(_, key)| key),
+                )
+            });
         Ok(Some(Plan { checks, replay }))
     }
 
@@ -181,15 +193,10 @@ impl<S: Store> Limiter<S> {
         Ok(digest)
     }
 
-    /// The request's route template: axum's `MatchedPath`, else the first configured pattern
-    /// that matches the path.
+    /// The request's route template, for a limit keyed by route: [`find_route`](Self::find_route),
+    /// telling once when a request has none.
     fn route<'r>(&'r self, req: &RequestHead<'r>) -> Option<&'r str> {
-        #[cfg(feature = "axum")]
-        if let Some(matched) = req.extensions.get::<axum::extract::MatchedPath>() {
-            return Some(matched.as_str());
-        }
-        let path = req.uri.path();
-        let found = self.routes.iter().find(|p| p.matches(path));
+        let found = self.find_route(req);
         if found.is_none() && !self.warned_no_route.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 "tollgate: a request matched no route (no axum MatchedPath, no pattern given to \
@@ -198,7 +205,21 @@ impl<S: Store> Limiter<S> {
                  give the route patterns to the layer (logged once)"
             );
         }
-        found.map(RoutePattern::as_str)
+        found
+    }
+
+    /// The request's route template: axum's `MatchedPath`, else the first configured pattern
+    /// that matches the path.
+    fn find_route<'r>(&'r self, req: &RequestHead<'r>) -> Option<&'r str> {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = req.extensions.get::<axum::extract::MatchedPath>() {
+            return Some(matched.as_str());
+        }
+        let path = req.uri.path();
+        self.routes
+            .iter()
+            .find(|p| p.matches(path))
+            .map(RoutePattern::as_str)
     }
 
     fn report_missing_peer(&self) {

@@ -44,9 +44,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Idempotent replays are on by default: a retry repeating an `Idempotency-Key` already charged
-//! for the same identity does not burn quota again (24 h, 5 replays; see
-//! [`Idempotency`]).
+//! Idempotent replays are on by default for the per-token bucket: a retried write
+//! (`POST`/`PUT`/`PATCH`/`DELETE` on `/api/public/v1/*`) repeating an `Idempotency-Key` already
+//! charged for the same token, method and route does not burn its quota again (24 h, 5 replays;
+//! see [`Idempotency`]). The per-IP bucket charges every request, replay or not: it is the
+//! abuse ceiling of the login and signup routes, and an Idempotency-Key must not be a way past
+//! it.
 
 use std::time::Duration;
 
@@ -172,12 +175,14 @@ impl VmArea {
 
     fn limits(&self) -> Result<[Limit; 2], BuildError> {
         let minute = Duration::from_secs(60);
-        let rule = |name, limit| -> Result<Rule, BuildError> {
+        let rule = |name, limit, replays| -> Result<Rule, BuildError> {
             Ok(Rule::builder(name, Quota::new(limit, minute)?)
                 .algorithm(self.algorithm)
+                .honour_replays(replays)
                 .build()?)
         };
-        let per_token = Limit::new(rule(PER_TOKEN, self.per_token)?)
+        let replays = self.idempotency.is_some();
+        let per_token = Limit::new(rule(PER_TOKEN, self.per_token, replays)?)
             .scope(Scope::all().path(&self.api_path))
             .key(self.token.clone());
         let ip_scope = if self.strict {
@@ -185,7 +190,7 @@ impl VmArea {
         } else {
             Scope::all().without(self.token.clone())
         };
-        let per_ip = Limit::new(rule(PER_IP, self.per_ip)?)
+        let per_ip = Limit::new(rule(PER_IP, self.per_ip, false)?)
             .scope(ip_scope)
             .key(KeyPart::client_ip());
         Ok([per_token, per_ip])

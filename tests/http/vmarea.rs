@@ -18,6 +18,7 @@ fn app(limiter: RateLimitLayer<MemoryStore<ManualClock>>) -> Router {
             "/api/public/v1/vms",
             get(|| async { "[]" }).post(|| async { "created" }),
         )
+        .route("/api/public/v1/disks", post(|| async { "created" }))
         .route("/api/other", get(|| async { "other" }))
         .layer(limiter)
         .layer(axum::middleware::from_fn(fake_auth))
@@ -275,4 +276,182 @@ async fn a_replay_passes_even_when_the_bucket_is_empty() {
         .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
         .await;
     assert_eq!(replay.status, StatusCode::OK);
+}
+
+/// The attack of issue 8: one address logs in with a fresh Idempotency-Key per attempt and
+/// replays each key five times. The per-IP bucket does not honour replays, so it admits exactly
+/// its limit, not six times it.
+#[tokio::test]
+async fn idempotency_keys_never_get_logins_past_the_per_ip_cap() {
+    let (client, _clock, limiter) = start(VmArea::new().per_ip(10), Duration::ZERO).await;
+    let mut admitted = 0;
+    for attempt in 0..30 {
+        let key = format!("login-{attempt}");
+        for _ in 0..6 {
+            let reply = client
+                .send(
+                    Method::POST,
+                    "/auth/login",
+                    &[("idempotency-key", key.as_bytes())],
+                )
+                .await;
+            if reply.status == StatusCode::OK {
+                admitted += 1;
+            } else {
+                assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+            }
+        }
+    }
+    assert_eq!(admitted, 10);
+    assert_eq!(limiter.metrics().replayed, 0);
+}
+
+/// A charged key buys nothing on another method or another route: the replay is the same
+/// request or it is charged.
+#[tokio::test]
+async fn a_charged_idempotency_key_is_free_only_on_its_own_method_and_route() {
+    let (client, _clock, limiter) = start(VmArea::new(), Duration::ZERO).await;
+    let idem: (&str, &[u8]) = ("idempotency-key", b"k");
+    let remaining = |reply: &crate::support::Reply| {
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.header("x-ratelimit-remaining").unwrap().to_owned()
+    };
+    let first = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(remaining(&first), "599");
+    // Another method on the same route: charged (and a GET is never a free replay).
+    let get = client
+        .send(Method::GET, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(remaining(&get), "598");
+    let get = client
+        .send(Method::GET, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(remaining(&get), "597");
+    // Another route: charged, and recorded for that route.
+    let disks = client
+        .send(Method::POST, "/api/public/v1/disks", &[KEY_A, idem])
+        .await;
+    assert_eq!(remaining(&disks), "596");
+    // The original request, repeated: free.
+    let replay = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(remaining(&replay), "596");
+    let replay = client
+        .send(Method::POST, "/api/public/v1/disks", &[KEY_A, idem])
+        .await;
+    assert_eq!(remaining(&replay), "596");
+    assert_eq!(limiter.metrics().replayed, 2);
+}
+
+/// In strict mode both buckets apply: a replay passes the per-token bucket free, and the
+/// per-IP bucket charges it like any request.
+#[tokio::test]
+async fn in_strict_mode_the_per_ip_bucket_charges_replays() {
+    let (client, _clock, _) = start(VmArea::new().strict(true).per_ip(3), Duration::ZERO).await;
+    let idem: (&str, &[u8]) = ("idempotency-key", b"k");
+    for (n, want_ip) in [(1, "2"), (2, "1"), (3, "0")] {
+        let reply = client
+            .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "request {n}");
+        // The per-IP bucket binds (fewest remaining).
+        assert_eq!(reply.header("x-ratelimit-remaining"), Some(want_ip));
+    }
+    let denied = client
+        .send(Method::POST, "/api/public/v1/vms", &[KEY_A, idem])
+        .await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(denied.text().contains("IP address"), "{}", denied.text());
+}
+
+mod replay_invariant {
+    //! For any sequence of requests from one client, whatever Idempotency-Keys they carry, a
+    //! bucket outside the replay scope admits at most its limit per window.
+
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use http::{Method, Request, StatusCode};
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    use super::{app, VmArea};
+    use crate::support::manual_store;
+
+    #[derive(Debug, Clone)]
+    struct Attempt {
+        method: Method,
+        path: &'static str,
+        token: bool,
+        key: Option<u8>,
+    }
+
+    fn attempt() -> impl Strategy<Value = Attempt> {
+        (
+            prop_oneof![Just(Method::POST), Just(Method::GET), Just(Method::PUT)],
+            prop_oneof![
+                Just("/auth/login"),
+                Just("/api/public/v1/vms"),
+                Just("/api/public/v1/disks"),
+                Just("/api/other"),
+            ],
+            any::<bool>(),
+            proptest::option::of(0u8..4),
+        )
+            .prop_map(|(method, path, token, key)| Attempt {
+                method,
+                path,
+                token,
+                key,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn the_per_ip_bucket_admits_at_most_its_limit_whatever_the_keys(
+            strict in any::<bool>(),
+            attempts in proptest::collection::vec(attempt(), 1..80),
+        ) {
+            const PER_IP: usize = 5;
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let admitted = runtime.block_on(async {
+                let (store, _clock) = manual_store(std::time::Duration::ZERO);
+                let limiter = VmArea::new()
+                    .strict(strict)
+                    .per_ip(PER_IP as u64)
+                    .builder()
+                    .store(store)
+                    .build()
+                    .unwrap();
+                let app = app(limiter);
+                let peer: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+                let mut admitted = 0;
+                for a in &attempts {
+                    let mut req = Request::builder().method(a.method.clone()).uri(a.path);
+                    if a.token {
+                        req = req.header("x-api-key", "key-a");
+                    }
+                    if let Some(k) = a.key {
+                        req = req.header("idempotency-key", format!("k{k}"));
+                    }
+                    let mut req = req.body(axum::body::Body::empty()).unwrap();
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let status = app.clone().oneshot(req).await.unwrap().status();
+                    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR);
+                    // The per-IP bucket applies to every request in strict mode, else to those
+                    // without a token.
+                    let per_ip_applies = strict || !a.token;
+                    if status != StatusCode::TOO_MANY_REQUESTS && per_ip_applies {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            });
+            prop_assert!(admitted <= PER_IP, "{admitted} admitted through a per-IP cap of {PER_IP}");
+        }
+    }
 }
