@@ -1,13 +1,13 @@
 //! [`RateLimitBuilder`]: everything a layer is configured with, checked once by
 //! [`build`](RateLimitBuilder::build).
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use tollgate_core::{KeySecret, MemoryStore, Store};
+use tollgate_core::{KeySecret, LogThrottle, MemoryStore, Store};
 
 use crate::client_ip::{Cidr, ClientIpConfig, ForwardedHeader};
 use crate::error::BuildError;
@@ -22,6 +22,12 @@ use crate::response::{
 };
 use crate::route::RoutePattern;
 use crate::scope::{Scope, ScopeMatcher};
+
+/// At most one line per this interval for each event that can happen on every request.
+const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Set once the public default secret has been warned about.
+static WARNED_DEFAULT_SECRET: AtomicBool = AtomicBool::new(false);
 
 /// Configures a [`RateLimitLayer`]; start with [`RateLimitLayer::builder`].
 ///
@@ -268,10 +274,22 @@ impl<S: Store> RateLimitBuilder<S> {
                 scope,
                 parts,
                 counters: Counters::default(),
+                shadow_log: LogThrottle::new(LOG_INTERVAL),
             });
         }
         if let Some(idempotency) = &self.idempotency {
             idempotency.validate()?;
+        }
+        if S::SHARED
+            && self.secret == KeySecret::DEFAULT
+            && !WARNED_DEFAULT_SECRET.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "tollgate: a shared store (Redis) is keyed with the public default KeySecret, so \
+                 whoever can read the store can test guesses (an IP address has few possible \
+                 values) against its key digests; set RateLimitBuilder::key_secret to a secret of \
+                 your own, the same on every instance (logged once)"
+            );
         }
         let routes = self
             .routes
@@ -291,6 +309,7 @@ impl<S: Store> RateLimitBuilder<S> {
             counters: LayerCounters::default(),
             warned_no_peer: AtomicBool::new(false),
             warned_no_route: AtomicBool::new(false),
+            store_log: LogThrottle::new(LOG_INTERVAL),
         };
         Ok(RateLimitLayer::from_limiter(Arc::new(limiter)))
     }

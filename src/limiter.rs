@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri};
 use http_body_util::Full;
 use smallvec::{smallvec, SmallVec};
-use tollgate_core::{Check, Key, KeySecret, Outcome, Replay, Rule, Store};
+use tollgate_core::{Check, Key, KeySecret, LogThrottle, Outcome, Replay, Rule, Store};
 
 use crate::client_ip::{ClientIpConfig, MissingPeerAddr};
 use crate::idempotency::Idempotency;
@@ -37,6 +37,8 @@ pub(crate) struct Limiter<S> {
     pub(crate) counters: LayerCounters,
     pub(crate) warned_no_peer: AtomicBool,
     pub(crate) warned_no_route: AtomicBool,
+    /// Store failures and answers that make no sense: at most one line per second.
+    pub(crate) store_log: LogThrottle,
 }
 
 pub(crate) struct CompiledSource {
@@ -52,6 +54,8 @@ pub(crate) struct CompiledLimit {
     /// The IETF `RateLimit-Policy` item.
     pub(crate) policy: Box<str>,
     pub(crate) counters: Counters,
+    /// Shadow denials of this limit: at most one line per second.
+    pub(crate) shadow_log: LogThrottle,
 }
 
 /// The limits that apply to one request, each with its key.
@@ -136,12 +140,7 @@ impl<S: Store> Limiter<S> {
             .and_then(|idempotency| {
                 // The same request: its template, or its path when it has none.
                 let route = self.find_route(req).unwrap_or(path);
-                idempotency.replay(
-                    &self.secret,
-                    req,
-                    route,
-                    checks.iter().map(|&(_, key)| key),
-                )
+                idempotency.replay(&self.secret, req, route, checks.iter().map(|&(_, key)| key))
             });
         Ok(Some(Plan { checks, replay }))
     }
@@ -265,16 +264,21 @@ impl<S: Store> Limiter<S> {
         let outcome = match answer {
             Ok(outcome) if outcome.decisions.len() == plan.checks.len() => outcome,
             Ok(outcome) => {
-                tracing::error!(
-                    checks = plan.checks.len(),
-                    decisions = outcome.decisions.len(),
-                    "rate limiter store answered with the wrong number of decisions; answering 503"
-                );
+                if let Some(suppressed) = self.store_log.permit() {
+                    tracing::error!(
+                        checks = plan.checks.len(),
+                        decisions = outcome.decisions.len(),
+                        suppressed,
+                        "rate limiter store answered with the wrong number of decisions; answering 503"
+                    );
+                }
                 applied().for_each(|l| Counters::bump(&l.counters.errors));
                 return Verdict::Respond(response::unavailable());
             }
             Err(error) => {
-                tracing::error!(%error, "rate limiter store failed; answering 503");
+                if let Some(suppressed) = self.store_log.permit() {
+                    tracing::error!(%error, suppressed, "rate limiter store failed; answering 503");
+                }
                 applied().for_each(|l| Counters::bump(&l.counters.errors));
                 return Verdict::Respond(response::unavailable());
             }
@@ -284,11 +288,14 @@ impl<S: Store> Limiter<S> {
             let counters = &limit.counters;
             if limit.rule.is_shadow() && !decision.allowed {
                 Counters::bump(&counters.shadow_denied);
-                tracing::info!(
-                    rule = limit.rule.name(),
-                    retry_after_ms = decision.retry_after.map_or(0, |d| d.as_millis()),
-                    "shadow rule would have denied the request"
-                );
+                if let Some(suppressed) = limit.shadow_log.permit() {
+                    tracing::info!(
+                        rule = limit.rule.name(),
+                        retry_after_ms = decision.retry_after.map_or(0, |d| d.as_millis()),
+                        suppressed,
+                        "shadow rule would have denied the request"
+                    );
+                }
             } else if outcome.allowed {
                 Counters::bump(&counters.allowed);
             } else if !decision.allowed {
@@ -319,9 +326,12 @@ impl<S: Store> Limiter<S> {
             .and_then(|b| plan.checks.get(b))
             .and_then(|&(i, _)| self.limits.get(i));
         let (Some(limit), Some(decision)) = (binding_limit, binding) else {
-            tracing::error!(
-                "rate limiter store denied a request without a binding rule; answering 503"
-            );
+            if let Some(suppressed) = self.store_log.permit() {
+                tracing::error!(
+                    suppressed,
+                    "rate limiter store denied a request without a binding rule; answering 503"
+                );
+            }
             return Verdict::Respond(response::unavailable());
         };
         let denial = Denial {

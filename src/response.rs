@@ -12,6 +12,7 @@
 //! layer is built; header names and static values are precomputed, and small numbers come from a
 //! shared table, so the common path formats nothing.
 
+use std::fmt;
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,13 +92,30 @@ pub enum ResetFormat {
 ///     .build()?;
 /// # Ok::<(), tollgate::BuildError>(())
 /// ```
-#[derive(Debug)]
 pub struct Denial<'a> {
     pub(crate) rule: &'a Rule,
     pub(crate) decision: &'a Decision,
     pub(crate) method: &'a Method,
     pub(crate) uri: &'a Uri,
     pub(crate) headers: &'a HeaderMap,
+}
+
+/// Shows what was refused and why, never the request's secrets: the path without its query
+/// (which may hold an `api_key`), and how many headers there were, not their values
+/// (`Authorization`, cookies).
+impl fmt::Debug for Denial<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Denial")
+            .field("rule", &self.rule.name())
+            .field("decision", self.decision)
+            .field("method", self.method)
+            .field("path", &self.uri.path())
+            .field(
+                "headers",
+                &format_args!("<{} redacted>", self.headers.len()),
+            )
+            .finish()
+    }
 }
 
 impl<'a> Denial<'a> {

@@ -2,6 +2,7 @@
 
 mod hyper_server;
 mod layer;
+mod secrets;
 mod support;
 mod vast;
 mod vmarea;

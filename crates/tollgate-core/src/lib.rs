@@ -8,6 +8,7 @@
 //! - [`Store`]: decides all of a request's (rule, key) pairs at once, all-or-nothing.
 //! - [`MemoryStore`]: the in-process store; sharded, bounded, self-cleaning.
 //! - [`Key`] / [`KeySecret`]: fixed-size keyed digests of client identities.
+//! - [`LogThrottle`]: one log line per interval for per-request events.
 //!
 //! This crate knows nothing of HTTP or Redis: the `tollgate` crate puts it behind a tower layer,
 //! and `tollgate-redis` implements [`Store`] on Redis.
@@ -43,6 +44,7 @@ mod memory;
 mod quota;
 mod rule;
 mod store;
+mod throttle;
 
 pub use algorithm::Algorithm;
 pub use clock::{Clock, ManualClock, Nanos, SystemClock};
@@ -52,3 +54,4 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use quota::{Quota, QuotaError, MAX_BURST_SPAN_NANOS, MAX_PERIOD_NANOS};
 pub use rule::{Rule, RuleBuilder, RuleError, MAX_RULE_NAME_LEN};
 pub use store::{Check, Replay, Store};
+pub use throttle::LogThrottle;

@@ -41,6 +41,11 @@ pub trait Store: Send + Sync + 'static {
     /// Why the store could not decide (the memory store never fails).
     type Error: std::error::Error + Send + Sync + 'static;
 
+    /// Whether the state is shared beyond this process (Redis), so that whoever can read the
+    /// store sees the key digests: the HTTP layer then warns when it runs with the public
+    /// default [`KeySecret`](crate::KeySecret). Default: `false`.
+    const SHARED: bool = false;
+
     /// Decides a request that must pass every check, charging every rule's cost if and only if no
     /// enforced rule denies it. Shadow rules are charged when they admit, and never deny.
     ///

@@ -776,6 +776,7 @@ fn slot_groups(targets: &[Target], replay_key: Option<&str>) -> Vec<Vec<usize>> 
 
 impl Store for RedisStore {
     type Error = RedisStoreError;
+    const SHARED: bool = true;
 
     fn check(
         &self,
