@@ -42,7 +42,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .failure_policy(FailurePolicy::fallback(2))
                 .build();
             store.load_script().await?;
-            println!("store: Redis at {url}");
+            // The address only: a REDIS_URL may carry a password.
+            let addr = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
+            println!("store: Redis at {}", addr.addr());
             serve(limits.store(store).build()?).await
         }
         Err(_) => {
