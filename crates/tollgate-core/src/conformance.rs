@@ -254,6 +254,36 @@ pub fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name:
+                "several rules: the longest wait binds a denial, the fewest remaining an admission",
+            rules: vec![
+                rule("a", q(1, 1000), FixedWindow),
+                rule("b", q(1, 2000), FixedWindow),
+                rule("c", q(1, 500), Gcra),
+            ],
+            steps: vec![
+                // All admit with 0 left: the longest reset (b) binds.
+                req(0, vec![ok(0, 1000), ok(0, 2000), ok(0, 500)]),
+                // All deny: b, with the longest wait, binds (Retry-After is never too early).
+                req(
+                    0,
+                    vec![no(0, 1000, 1000), no(0, 2000, 2000), no(0, 500, 500)],
+                ),
+                req(1_000, vec![ok(0, 1000), no(0, 1000, 1000), ok(0, 500)]),
+            ],
+        },
+        Case {
+            name: "several rules: ties go to the earlier rule when admitted, the later when denied",
+            rules: vec![
+                rule("x", q(1, 1000), FixedWindow),
+                rule("y", q(1, 1000), FixedWindow),
+            ],
+            steps: vec![
+                req(0, vec![ok(0, 1000), ok(0, 1000)]),
+                req(0, vec![no(0, 1000, 1000), no(0, 1000, 1000)]),
+            ],
+        },
+        Case {
             name: "peek reports without charging",
             rules: vec![rule("r", q(2, 1000), FixedWindow)],
             steps: vec![
@@ -415,6 +445,37 @@ pub fn cases() -> Vec<Case> {
     cases
 }
 
+/// The rule whose figures a client must see, worked out from the expectations alone (a second
+/// reading of [`Outcome::new`](crate::Outcome::new)'s contract, so the two check each other):
+/// denied, the enforced denial with the longest wait, ties to the later rule; admitted, the
+/// enforced rule with the fewest remaining, then the longest reset, ties to the earlier rule.
+fn expected_binding(rules: &[Rule], expect: &[Expect]) -> Option<usize> {
+    let enforced: Vec<(usize, &Expect)> = expect
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !rules[*i].is_shadow())
+        .collect();
+    let mut best: Option<(usize, &Expect)> = None;
+    if enforced.iter().any(|(_, e)| !e.allowed) {
+        for &(i, e) in enforced.iter().filter(|(_, e)| !e.allowed) {
+            if best.is_none_or(|(_, b)| e.retry_after >= b.retry_after) {
+                best = Some((i, e));
+            }
+        }
+    } else {
+        for &(i, e) in &enforced {
+            let better = best.is_none_or(|(_, b)| {
+                e.remaining < b.remaining
+                    || (e.remaining == b.remaining && e.reset_after > b.reset_after)
+            });
+            if better {
+                best = Some((i, e));
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
 /// Replays per idempotency key in the table.
 pub const MAX_REPLAYS: u32 = 2;
 
@@ -465,15 +526,17 @@ pub async fn run<S: Store>(store: &S, clock: &ManualClock, nonce: u64) -> Result
                     retry_after: d.retry_after,
                 })
                 .collect();
+            let binding = expected_binding(&case.rules, &step.rules);
             if outcome.allowed != step.allowed
                 || outcome.replayed != step.replayed
                 || got != step.rules
+                || outcome.binding != binding
             {
                 let _ = writeln!(
                     failures,
-                    "{} / step {n} at {:?}: expected allowed={} replayed={} {:?}, got allowed={} replayed={} {:?}",
+                    "{} / step {n} at {:?}: expected allowed={} replayed={} binding={binding:?} {:?}, got allowed={} replayed={} binding={:?} {:?}",
                     case.name, step.at, step.allowed, step.replayed, step.rules,
-                    outcome.allowed, outcome.replayed, got
+                    outcome.allowed, outcome.replayed, outcome.binding, got
                 );
             }
         }

@@ -76,8 +76,9 @@ impl Outcome {
     /// restrictive" means the same thing everywhere.
     ///
     /// Denied: the binding decision is the enforced denial with the longest `retry_after`, since
-    /// the request passes only once every rule admits it. Allowed: the enforced decision with the
-    /// fewest `remaining`, ties going to the longer `reset_after`. Shadow rules never bind.
+    /// the request passes only once every rule admits it (ties go to the later rule). Allowed:
+    /// the enforced decision with the fewest `remaining`, ties going to the longer
+    /// `reset_after`, then to the earlier rule. Shadow rules never bind.
     pub fn new(checks: &[Check<'_>], decisions: Decisions, replayed: bool) -> Self {
         let mut outcome = Self {
             allowed: false,
