@@ -128,7 +128,7 @@ mod script;
 mod stats;
 mod store;
 
-pub use connection::RedisConnection;
+pub use connection::{redact_url, RedisConnection};
 pub use error::RedisStoreError;
 pub use policy::{BreakerConfig, FailurePolicy};
 pub use script::LUA_SOURCE;

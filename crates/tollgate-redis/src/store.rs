@@ -378,9 +378,18 @@ impl RedisStore {
                 }
             }
         };
-        bump(&inner.counters.redis_failures);
-        if inner.breaker.failure() {
-            bump(&inner.counters.breaker_trips);
+        if error.is_unavailable() {
+            bump(&inner.counters.redis_failures);
+            if inner.breaker.failure() {
+                bump(&inner.counters.breaker_trips);
+            }
+        } else {
+            // Redis answered: it is reachable, whatever went wrong with this request. A script
+            // or data error must not switch limiting off for every key.
+            bump(&inner.counters.script_errors);
+            if inner.breaker.success() {
+                tracing::info!(target: "tollgate_redis", "Redis answers again; circuit breaker closed");
+            }
         }
         self.degrade(checks, replay, peek, error).await
     }
@@ -652,13 +661,23 @@ impl RedisStore {
         let inner = &*self.inner;
         bump(&inner.counters.degraded);
         if let Some(suppressed) = inner.warn.permit() {
-            tracing::warn!(
-                target: "tollgate_redis",
-                %error,
-                policy = ?inner.policy,
-                suppressed,
-                "rate-limit decision made without Redis"
-            );
+            if error.is_unavailable() {
+                tracing::warn!(
+                    target: "tollgate_redis",
+                    %error,
+                    policy = ?inner.policy,
+                    suppressed,
+                    "rate-limit decision made without Redis"
+                );
+            } else {
+                tracing::warn!(
+                    target: "tollgate_redis",
+                    %error,
+                    policy = ?inner.policy,
+                    suppressed,
+                    "rate-limit decision made by the failure policy: Redis is reachable but could not decide this request (the circuit breaker stays closed)"
+                );
+            }
         }
         match inner.policy {
             FailurePolicy::FailClosed => {
