@@ -39,8 +39,8 @@
 --   sliding window  w1:<window end>:<previous>:<current>
 --   idempotency     r1:<expires at>:<replays taken>
 -- A value is read only if it is exactly that: the rule's tag, instants of 1 to 19 digits,
--- counts of at most 2^53, no instant further ahead than twice what the rule can write (so a
--- stray far-future value cannot lock a key out). Anything else -- another algorithm's or
+-- counts of at most 2^53, no instant further ahead than twice what the rule can write plus a
+-- minute of clock slack (so a stray far-future value cannot hold a key out for long). Anything else -- another algorithm's or
 -- version's state, garbage, a hash, list or set at the key (GET is pcall'd: WRONGTYPE is
 -- data, not an error) -- is absent state, overwritten when the request is charged. A change
 -- of format bumps the version digit; a script of another version then reads the value as
@@ -175,6 +175,17 @@ local function num(c)
   return string.format('%d', c)
 end
 
+-- How far ahead of now a stored instant may lie, for state that spans `span` ns: twice the span,
+-- and a minute for clocks that step between Redis primaries (a failover), but never 2^53 (the
+-- clamp of `rel`). Further ahead it is not state this rule wrote, and a stray value must not
+-- hold a key out for days.
+local CLOCK_SLACK = 60 * E9
+local function horizon(span)
+  local h = 2 * span + CLOCK_SLACK
+  if h > TWO53 then return TWO53 end
+  return h
+end
+
 -- The string at `key`, or nil: a missing key, or a value of another type (WRONGTYPE).
 local function get(key)
   local v = redis.pcall('GET', key)
@@ -228,7 +239,7 @@ local gcra = { tag = 'g1:' }
 
 function gcra.parse(v, p)
   local used = rel_str(untag(v, gcra.tag))
-  if used and used < 2 * p.burst * p.interval then return used end
+  if used and used < horizon(p.burst * p.interval) then return used end
   return nil
 end
 
@@ -258,7 +269,7 @@ local fixed_window = { tag = 'f1:' }
 function fixed_window.parse(v, p)
   local a, b = string.match(untag(v, fixed_window.tag) or '', '^(%d+):(%d+)$')
   local we, c = rel_str(a), count(b)
-  if we and c and we < 2 * p.period then return { we, a, c } end
+  if we and c and we < horizon(p.period) then return { we, a, c } end
   return nil
 end
 
@@ -294,7 +305,7 @@ local sliding_log = { tag = 'l1:' }
 function sliding_log.parse(v, p)
   local body = untag(v, sliding_log.tag)
   if not body or body == '' then return nil end
-  local horizon = 2 * p.period
+  local limit = horizon(p.period)
   local entries, n, pos, len = {}, 0, 1, #body
   local last = -TWO53
   while pos <= len do
@@ -310,7 +321,7 @@ function sliding_log.parse(v, p)
     end
     local a, b = string.match(piece, '^(%d+):(%d+)$')
     local d, c = rel_str(a), count(b)
-    if not d or not c or c < 1 or d < last or d >= horizon then return nil end
+    if not d or not c or c < 1 or d < last or d >= limit then return nil end
     last = d
     n = n + 1; entries[n] = { a, d, c }
   end
@@ -422,7 +433,7 @@ local sliding_window = { tag = 'w1:' }
 function sliding_window.parse(v, p)
   local a, b, c = string.match(untag(v, sliding_window.tag) or '', '^(%d+):(%d+):(%d+)$')
   local we, previous, current = rel_str(a), count(b), count(c)
-  if we and previous and current and we < 2 * p.period then
+  if we and previous and current and we < horizon(p.period) then
     return { we, a, previous, current }
   end
   return nil
