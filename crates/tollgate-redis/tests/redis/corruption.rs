@@ -13,6 +13,7 @@ use tollgate_core::{
 };
 use tollgate_redis::{RedisConnection, RedisStore};
 
+use crate::differential::Rng;
 use crate::support::{TestCluster, TestRedis};
 
 /// Ten minutes into an hour: no hourly window rolls over during a test.
@@ -209,6 +210,7 @@ async fn every_corruption_is_fresh_state(
         .prefix(format!("corrupt{}", nonce()))
         .explicit_time(clock)
         .deny_cache(None)
+        .budget(Duration::from_secs(5))
         .build();
     let foreign = foreign_values(&store, admin).await;
     for algorithm in Algorithm::ALL {
@@ -299,6 +301,7 @@ async fn unreadable_state_in_a_cluster_never_degrades_a_decision() {
         .prefix(format!("corrupt{}", nonce()))
         .explicit_time(clock)
         .deny_cache(None)
+        .budget(Duration::from_secs(5))
         .build();
     let mut admin = redis::cluster::ClusterClient::new(cluster.urls())
         .unwrap()
@@ -502,4 +505,113 @@ async fn a_corruptor_under_load_leaves_every_other_key_exact_and_the_breaker_clo
     let rounds = corruptor.await.expect("no panic in the corruptor");
     eprintln!("{rounds} corruptions decided as fresh state under load");
     assert_healthy(&store);
+}
+
+/// A random value for a key: fragments of every format, numbers of every length, garbage.
+fn random_value(rng: &mut Rng) -> Vec<u8> {
+    let now = NOW + rng.range(0, 7_200_000_000_000) - 3_600_000_000_000;
+    let mut v = Vec::new();
+    for _ in 0..rng.range(0, 8) {
+        let piece = match rng.range(0, 11) {
+            0 => ["g1:", "f1:", "l1:", "w1:", "r1:", "g2:", "x1:"][rng.range(0, 6) as usize]
+                .to_owned(),
+            1 | 2 => now.to_string(),
+            3 => rng.range(0, 1_000).to_string(),
+            4 => "9".repeat(rng.range(1, 30) as usize),
+            5 => ":".into(),
+            6 => ",".into(),
+            7 => ["-", ".", "e", "nan", " ", "\0"][rng.range(0, 5) as usize].to_owned(),
+            8 => (now - now % 1_000_000_000 + 1_000_000_000).to_string(),
+            9 => rng.next().to_string(),
+            _ => String::from_utf8_lossy(&rng.next().to_le_bytes()).into_owned(),
+        };
+        v.extend_from_slice(piece.as_bytes());
+    }
+    v
+}
+
+/// The script itself, every mode, on random keys holding random values and types: it never
+/// raises, and always replies in its documented shape.
+#[tokio::test]
+async fn no_stored_value_makes_the_script_raise() {
+    let redis = TestRedis::start().await;
+    let mut admin = redis.admin().await;
+    let script = redis::Script::new(tollgate_redis::LUA_SOURCE);
+    let seed = nonce() as u64;
+    eprintln!("script fuzz seed {seed}");
+    let mut rng = Rng::new(seed);
+    let prefix = format!("fuzz{}", nonce());
+    let keys: Vec<String> = (0..4).map(|i| format!("{prefix}:{i}")).collect();
+    let record = format!("{prefix}:~replay");
+    for round in 0..3_000 {
+        for key in keys.iter().chain([&record]) {
+            let bad = match rng.range(0, 9) {
+                0 => Bad::Hash,
+                1 => Bad::List,
+                2 => Bad::Set,
+                3 => Bad::ZSet,
+                _ => Bad::Value(random_value(&mut rng)),
+            };
+            corrupt(&mut admin, key, &bad).await;
+        }
+        let nrules = rng.range(1, 4) as usize;
+        let mode = [
+            "check",
+            "peek",
+            "refund",
+            "take_replay",
+            "return_replay",
+            "create_replay",
+        ][rng.range(0, 5) as usize];
+        let replay = ["none", "record", "taken"][rng.range(0, 2) as usize];
+        let mut inv = script.prepare_invoke();
+        let record_mode = mode.ends_with("_replay");
+        if record_mode {
+            inv.key(&record);
+        } else {
+            for key in &keys[..nrules] {
+                inv.key(key);
+            }
+            if replay == "record" {
+                inv.key(&record);
+            }
+        }
+        let charged = NOW - rng.range(0, 1_000_000_000);
+        inv.arg(mode)
+            .arg(NOW / 1_000_000_000)
+            .arg(NOW % 1_000_000_000)
+            .arg(if record_mode { 0 } else { nrules })
+            .arg(if record_mode { "record" } else { replay })
+            .arg(rng.range(1, 1 << 52))
+            .arg(rng.range(0, 3))
+            .arg(charged / 1_000_000_000)
+            .arg(charged % 1_000_000_000);
+        if !record_mode {
+            for _ in 0..nrules {
+                let limit = rng.range(1, 1_000);
+                let period = rng.range(1, 1 << 40);
+                let interval = (period / limit).max(1);
+                inv.arg(["g", "f", "l", "w"][rng.range(0, 3) as usize])
+                    .arg(limit)
+                    .arg(period)
+                    .arg(interval)
+                    .arg(rng.range(1, limit))
+                    .arg(rng.range(1, limit))
+                    .arg(rng.range(0, 1))
+                    .arg(rng.range(0, 1));
+            }
+        }
+        let reply: Result<Vec<i64>, _> = inv.invoke_async(&mut admin).await;
+        let reply = reply.unwrap_or_else(|e| panic!("seed {seed} round {round} {mode}: {e}"));
+        let decided = if mode == "check" || mode == "peek" {
+            nrules
+        } else {
+            0
+        };
+        assert_eq!(
+            reply.len(),
+            4 + 4 * decided,
+            "seed {seed} round {round} {mode}"
+        );
+    }
 }
