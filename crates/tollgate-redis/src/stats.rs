@@ -34,9 +34,11 @@ pub struct RedisStoreStats {
     pub short_circuited: u64,
     /// Requests denied by the local deny cache without asking Redis.
     pub deny_cache_hits: u64,
-    /// Cluster: per-slot charges reversed after another slot denied the request.
+    /// Cluster: per-slot charges reversed, and free replays given back, after another slot
+    /// denied the request.
     pub refunds: u64,
-    /// Cluster: refunds that failed (the charge stays until its state expires).
+    /// Cluster: refunds that failed (the charge stays until its state expires; a replay not
+    /// given back means a repeat of that request is charged).
     pub refund_failures: u64,
 }
 

@@ -403,7 +403,8 @@ impl RedisStore {
         let decisions: Decisions = checks
             .iter()
             .map(|c| {
-                if !c.rule.is_shadow() && !(replay && c.rule.honours_replays()) {
+                let may_be_free = replay && c.rule.honours_replays();
+                if !c.rule.is_shadow() && !may_be_free {
                     if let Some(d) = cache.get(c.rule.id(), c.key.as_u128(), now) {
                         hit = true;
                         return d;

@@ -121,9 +121,9 @@ fn corruptions(algorithm: Algorithm, foreign: &[(Algorithm, Vec<u8>)]) -> Vec<(S
     out
 }
 
-async fn corrupt(admin: &mut MultiplexedConnection, key: &str, bad: &Bad) {
-    let _: () = redis::cmd("DEL").arg(key).query_async(admin).await.unwrap();
-    let mut cmd = match bad {
+/// The command that writes `bad` at `key` (after a `DEL`).
+fn corruption(key: &str, bad: &Bad) -> redis::Cmd {
+    match bad {
         Bad::Value(v) => {
             let mut c = redis::cmd("SET");
             c.arg(key).arg(v.as_slice());
@@ -154,8 +154,12 @@ async fn corrupt(admin: &mut MultiplexedConnection, key: &str, bad: &Bad) {
             c.arg(key).arg("*").arg("f").arg("v");
             c
         }
-    };
-    let _: redis::Value = cmd.query_async(admin).await.unwrap();
+    }
+}
+
+async fn corrupt(admin: &mut MultiplexedConnection, key: &str, bad: &Bad) {
+    let _: () = redis::cmd("DEL").arg(key).query_async(admin).await.unwrap();
+    let _: redis::Value = corruption(key, bad).query_async(admin).await.unwrap();
 }
 
 async fn get(admin: &mut MultiplexedConnection, key: &str) -> Vec<u8> {
@@ -362,39 +366,7 @@ async fn corrupt_cluster(
     bad: &Bad,
 ) {
     let _: () = redis::cmd("DEL").arg(key).query_async(admin).await.unwrap();
-    let mut cmd = match bad {
-        Bad::Value(v) => {
-            let mut c = redis::cmd("SET");
-            c.arg(key).arg(v.as_slice());
-            c
-        }
-        Bad::Hash => {
-            let mut c = redis::cmd("HSET");
-            c.arg(key).arg("tat").arg(NOW.to_string());
-            c
-        }
-        Bad::List => {
-            let mut c = redis::cmd("RPUSH");
-            c.arg(key).arg(NOW.to_string());
-            c
-        }
-        Bad::Set => {
-            let mut c = redis::cmd("SADD");
-            c.arg(key).arg("1");
-            c
-        }
-        Bad::ZSet => {
-            let mut c = redis::cmd("ZADD");
-            c.arg(key).arg(1).arg("1");
-            c
-        }
-        Bad::Stream => {
-            let mut c = redis::cmd("XADD");
-            c.arg(key).arg("*").arg("f").arg("v");
-            c
-        }
-    };
-    let _: redis::Value = cmd.query_async(admin).await.unwrap();
+    let _: redis::Value = corruption(key, bad).query_async(admin).await.unwrap();
 }
 
 /// Patient connections: this test is about corruption, not timeouts (see faults.rs), and a
