@@ -503,6 +503,13 @@ local function decide(p, st, cost)
   return p.alg.decide(nil, p, cost)
 end
 
+local MODES = { check = true, peek = true, refund = true, take_replay = true,
+  return_replay = true, create_replay = true }
+if not MODES[mode] then
+  return redis.error_reply('tollgate: unknown mode ' .. tostring(mode) ..
+    '; the caller speaks another version of this script')
+end
+
 -- Rule parameters.
 local nrules = tonumber(ARGV[4])
 local rules = {}
