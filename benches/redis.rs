@@ -228,11 +228,11 @@ fn raw_evalsha(store: &RedisStore, rule: &Rule, key: Key) -> redis::Cmd {
     cmd.arg(redis::Script::new(LUA_SOURCE).get_hash())
         .arg(1)
         .arg(store.redis_key(rule, key))
-        .arg("c")
+        .arg("check")
         .arg("")
         .arg("")
         .arg(1)
-        .arg("0")
+        .arg("none")
         .arg(0)
         .arg(0)
         .arg("")
@@ -243,6 +243,7 @@ fn raw_evalsha(store: &RedisStore, rule: &Rule, key: Key) -> redis::Cmd {
         .arg(nanos(quota.emission_interval()))
         .arg(quota.burst())
         .arg(rule.cost())
+        .arg("0")
         .arg("0");
     cmd
 }

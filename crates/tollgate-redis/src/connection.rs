@@ -19,6 +19,8 @@ use crate::error::RedisStoreError;
 
 /// A connection to Redis or to a Redis Cluster. Cloning is cheap and shares the connection.
 ///
+/// Its `Debug` output names the kind of connection only: no address, user or password.
+///
 /// Build one from what the application already has (`From` is implemented for each), or with
 /// [`RedisConnection::connect`] / [`RedisConnection::connect_cluster`].
 #[derive(Clone)]
@@ -43,6 +45,45 @@ impl std::fmt::Debug for RedisConnection {
             RedisConnection::Cluster(_) => "RedisConnection::Cluster",
         })
     }
+}
+
+/// `url` with its credentials replaced by `***`, for logs and messages: the password (and the
+/// user name) of `redis://user:secret@host:6379/0`, and the `pass` parameter of a
+/// `unix:///run/redis.sock?pass=secret` URL. Nothing else is changed.
+///
+/// ```
+/// use tollgate_redis::redact_url;
+///
+/// assert_eq!(redact_url("redis://:s3cret@10.0.0.5:6379/2"), "redis://***@10.0.0.5:6379/2");
+/// assert_eq!(redact_url("rediss://app:s3cret@cache:6380"), "rediss://***@cache:6380");
+/// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***{}", &authority[at..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let (path, query) = tail.split_at(q + 1);
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("pass") => format!("{name}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
 }
 
 impl From<ConnectionManager> for RedisConnection {
@@ -138,5 +179,64 @@ impl RedisConnection {
             RedisConnection::Cluster(c) => script.load_async(&mut c.clone()).await?,
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "hunter2-Zm9vYmFy";
+
+    #[test]
+    fn urls_are_printed_without_credentials() {
+        for (url, want) in [
+            (
+                format!("redis://:{SECRET}@10.0.0.5:6379/2"),
+                "redis://***@10.0.0.5:6379/2",
+            ),
+            (
+                format!("redis://app:{SECRET}@cache:6380"),
+                "redis://***@cache:6380",
+            ),
+            (
+                format!("rediss://app:{SECRET}@cache/0?protocol=resp3"),
+                "rediss://***@cache/0?protocol=resp3",
+            ),
+            (
+                format!("unix:///run/redis.sock?db=1&pass={SECRET}"),
+                "unix:///run/redis.sock?db=1&pass=***",
+            ),
+            // A password holding '@' or '/': everything up to the last '@' of the authority.
+            (format!("redis://:{SECRET}@x@host:1"), "redis://***@host:1"),
+            (
+                "redis://127.0.0.1:6379".to_owned(),
+                "redis://127.0.0.1:6379",
+            ),
+        ] {
+            let redacted = redact_url(&url);
+            assert_eq!(redacted, want);
+            assert!(!redacted.contains(SECRET));
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_errors_and_debug_never_show_the_password() {
+        // Nothing listens on port 1: the connection is refused.
+        let url = format!("redis://user:{SECRET}@127.0.0.1:1/0");
+        let error = RedisConnection::connect(url.as_str()).await.unwrap_err();
+        for shown in [error.to_string(), format!("{error:?}")] {
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
+        assert!(error.is_unavailable(), "{error:?}");
+        // A pool holds the URL; its Debug, and ours, must not show it.
+        let pool = deadpool_redis::Config::from_url(url.as_str())
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap();
+        let connection = RedisConnection::from(pool);
+        let store = crate::RedisStore::builder(connection.clone()).build();
+        for shown in [format!("{connection:?}"), format!("{store:?}")] {
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
     }
 }

@@ -32,14 +32,49 @@
 //! refused by one bucket never burns another. Shadow rules are charged when they admit and never
 //! deny. Time is Redis `TIME`, so instances whose clocks disagree still agree.
 //!
+//! An idempotent [`Replay`](tollgate_core::Replay) is decided in the same call: if its record is
+//! live and under its cap, the rules that [honour replays](tollgate_core::Rule::honours_replays)
+//! pass it at cost 0 and are not written, while every other rule decides and charges it as
+//! usual; the record counts the replay only if the request passes. A request with no rule that
+//! honours replays ignores its idempotency key (no record is read or written).
+//!
 //! # Keys and expiry
 //!
 //! Rule state lives at `<prefix>:<rule name>:<32 hex digits>` (default prefix `tollgate`; the
 //! digest is the request's [`Key`](tollgate_core::Key), a keyed hash made by the HTTP layer), and
-//! idempotency records at `<prefix>:~replay:<32 hex digits>`. Values are decimal nanosecond
-//! instants and counts only: no raw token, API key or IP ever reaches Redis. Every key is written
-//! with a TTL (`PX`) covering exactly the time its state can still affect a decision (rounded up
-//! to the millisecond), so idle state expires on its own.
+//! idempotency records at `<prefix>:~replay:<32 hex digits>`. Values are a format tag, then
+//! decimal nanosecond instants and counts only: no raw token, API key or IP ever reaches Redis.
+//! Every key is written with a TTL (`PX`) covering exactly the time its state can still affect a
+//! decision (rounded up to the millisecond), so idle state expires on its own.
+//!
+//! | state | value |
+//! | --- | --- |
+//! | GCRA | `g1:<theoretical arrival time>` |
+//! | fixed window | `f1:<window end>:<count>` |
+//! | sliding log | `l1:<at>:<cost>,<at>:<cost>,…` (oldest first) |
+//! | sliding-window counter | `w1:<window end>:<previous count>:<current count>` |
+//! | idempotency record | `r1:<expires at>:<replays taken>` |
+//!
+//! The tag names the algorithm and the format version (`1`); a later format bumps the digit.
+//!
+//! # State it cannot read
+//!
+//! A key's value is read only if it is exactly the rule's format: its tag, instants of 1 to 19
+//! digits, counts of at most 2^53, no instant further ahead of now than twice what the rule can
+//! write plus a minute of clock slack. Anything else is treated as **absent** and overwritten
+//! when the request is charged: another algorithm's state (a deploy that changes a rule's
+//! algorithm keeps its key), another format version (an older or newer tollgate-redis, or the
+//! untagged values of tollgate-redis 0.1), garbage written by hand, or a hash, list, set, zset
+//! or stream at the key (reads go through `redis.pcall`, so `WRONGTYPE` is data, not an error).
+//! Such state is one key's problem: that key restarts from a fresh bucket, every other key is
+//! limited exactly, and no Redis error is raised, so the failure policy and the circuit breaker
+//! are not involved. An unreadable idempotency record is no record: the request is charged and
+//! records its key anew.
+//!
+//! Two consequences to plan for. Upgrading from the untagged format resets every live limit
+//! once (each bucket starts fresh, at most one window's worth of extra requests). During a
+//! rolling deploy that changes a rule's algorithm, old and new instances reset each other's
+//! state on every write; rename the rule (its keys change) to keep them apart.
 //!
 //! # Exact arithmetic in Lua
 //!
@@ -82,7 +117,16 @@
 //! round trip, the charged units are held: a concurrent request may be denied for want of a unit
 //! that is about to be given back (never the reverse: no request is admitted beyond the limit).
 //! A refund is lost only if Redis fails in that window; the charge then stays until its state
-//! expires. Idempotency records on another slot are read and written by separate calls.
+//! expires.
+//!
+//! Idempotency records may live on another slot, so a replay takes three steps: the free replay
+//! is taken from the record first (if it is live and under its cap), then every slot decides,
+//! the rules that honour replays at cost 0 and unwritten, the others charged as usual. If any
+//! slot denies, the charges are refunded and the taken replay is given back. A replay given
+//! back too late for a concurrent repeat of the same request, or lost to a Redis failure, only
+//! means that a repeat is charged: the client may be charged once more than it should, never
+//! less. A request that passed without a free replay then records its key (unless a live
+//! record exists).
 //! A prefix with a hash tag (e.g. `{tollgate}`) puts every key on one slot: one atomic call
 //! again, at the price of keeping all rate-limit state on one node.
 //!
@@ -90,9 +134,11 @@
 //!
 //! Once Redis says a (rule, key) is denied until `t`, this process denies requests that include
 //! that pair until `t` without asking Redis, with the shrinking `Retry-After` Redis would give.
-//! Bounded (10 000 denials by default, [`RedisStoreBuilder::deny_cache`]). Requests with an
-//! idempotency key skip it (they may be free replays). The rules of a request denied locally
-//! that are not in the cache are not consulted: they report an admission at full capacity.
+//! Bounded (10 000 denials by default, [`RedisStoreBuilder::deny_cache`]). With an idempotency
+//! key, the rules that [honour replays](tollgate_core::Rule::honours_replays) are not looked up
+//! (the request may be a free replay there); every other rule charges a replay like any
+//! request, so its cached denial still answers. The rules of a request denied locally that are
+//! not in the cache are not consulted: they report an admission at full capacity.
 //!
 //! # When Redis fails
 //!
@@ -103,7 +149,18 @@
 //! by the expected number of instances. After 5 consecutive failures a circuit breaker stops
 //! calling Redis for 250 ms, then lets one probe through, and closes on success
 //! ([`BreakerConfig`]). Every degraded decision is counted ([`RedisStore::stats`]) and logged with
-//! a rate-limited `tracing` warning. A request that timed out may still be executed by Redis
+//! a rate-limited `tracing` warning.
+//!
+//! Only unavailability counts towards the breaker ([`RedisStoreError::is_unavailable`]):
+//! connection refused, lost or timed out, an exhausted budget, a pool that cannot connect, and
+//! the answers `LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, `CLUSTERDOWN`, `TRYAGAIN` and `OOM`.
+//! An error from a Redis that answered — the script raised
+//! ([`RedisStoreError::Script`]; a bug or an incompatible script version), an unexpected reply,
+//! a refused command such as a missing ACL permission ([`RedisStoreError::Refused`]) — is
+//! counted in [`RedisStoreStats::script_errors`] and logged as such, and the request is decided
+//! by the failure policy all the same (there is no other answer), but the breaker stays closed:
+//! what goes wrong for one request does not switch limiting off for every key. Messages never
+//! show a password: use [`redact_url`] to print a Redis URL yourself. A request that timed out may still be executed by Redis
 //! once it answers again (it was sent): its charge then stands.
 //!
 //! # Modules
@@ -128,7 +185,7 @@ mod script;
 mod stats;
 mod store;
 
-pub use connection::RedisConnection;
+pub use connection::{redact_url, RedisConnection};
 pub use error::RedisStoreError;
 pub use policy::{BreakerConfig, FailurePolicy};
 pub use script::LUA_SOURCE;

@@ -35,19 +35,19 @@ const MAX_REPLAY_TTL_NANOS: u64 = 1 << 52;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// What a script call does.
+/// What a script call does (the script's header documents each mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// Decide and charge, all-or-nothing, honouring an idempotency record.
+    /// Decide and charge, all-or-nothing.
     Check,
     /// Decide without charging (`Store::peek`).
     Peek,
-    /// Report the figures at cost 0 (a replayed request, in Cluster).
-    Report,
     /// Reverse a charge (Cluster partial denial).
     Refund,
     /// Take one free replay from an idempotency record (Cluster).
     TakeReplay,
+    /// Give back a replay taken for a request that another slot denied (Cluster).
+    ReturnReplay,
     /// Create an idempotency record unless a live one exists (Cluster).
     CreateReplay,
 }
@@ -55,14 +55,33 @@ pub(crate) enum Mode {
 impl Mode {
     fn code(self) -> &'static str {
         match self {
-            Mode::Check => "c",
-            Mode::Peek => "p",
-            Mode::Report => "z",
-            Mode::Refund => "u",
-            Mode::TakeReplay => "r",
-            Mode::CreateReplay => "n",
+            Mode::Check => "check",
+            Mode::Peek => "peek",
+            Mode::Refund => "refund",
+            Mode::TakeReplay => "take_replay",
+            Mode::ReturnReplay => "return_replay",
+            Mode::CreateReplay => "create_replay",
         }
     }
+
+    /// Whether the reply carries one decision per target.
+    pub(crate) fn decides(self) -> bool {
+        matches!(self, Mode::Check | Mode::Peek)
+    }
+}
+
+/// How a [`Mode::Check`] call treats an idempotent replay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReplayArg<'a> {
+    /// No replay (or no rule of the call honours replays).
+    None,
+    /// The idempotency record at this key decides whether the request is a free replay in the
+    /// rules that honour replays, and is updated if the request passes; the replay modes take
+    /// the record's key alone.
+    Record(&'a str, &'a Replay),
+    /// Cluster: an earlier call took the free replay, so the rules that honour replays pass
+    /// free.
+    Taken,
 }
 
 /// One rule to check, with its Redis key.
@@ -79,10 +98,56 @@ pub(crate) struct Call<'a> {
     pub now: Option<Nanos>,
     /// The rules and their keys.
     pub targets: &'a [Target],
-    /// The idempotency record's key and parameters.
-    pub replay: Option<(&'a str, &'a Replay)>,
+    /// The idempotent replay, if any.
+    pub replay: ReplayArg<'a>,
     /// Refunds: when the charge was made.
     pub charged_at: Option<Nanos>,
+}
+
+impl<'a> Call<'a> {
+    /// Decide and charge `targets`.
+    pub(crate) fn check(now: Option<Nanos>, targets: &'a [Target], replay: ReplayArg<'a>) -> Self {
+        Self {
+            mode: Mode::Check,
+            now,
+            targets,
+            replay,
+            charged_at: None,
+        }
+    }
+
+    /// Decide `targets` without charging.
+    pub(crate) fn peek(now: Option<Nanos>, targets: &'a [Target]) -> Self {
+        Self {
+            mode: Mode::Peek,
+            now,
+            targets,
+            replay: ReplayArg::None,
+            charged_at: None,
+        }
+    }
+
+    /// Reverse the charge of `targets` made at `charged_at`.
+    pub(crate) fn refund(now: Option<Nanos>, targets: &'a [Target], charged_at: Nanos) -> Self {
+        Self {
+            mode: Mode::Refund,
+            now,
+            targets,
+            replay: ReplayArg::None,
+            charged_at: Some(charged_at),
+        }
+    }
+
+    /// One of the idempotency-record modes, on the record at `key`.
+    pub(crate) fn record(mode: Mode, now: Option<Nanos>, key: &'a str, replay: &'a Replay) -> Self {
+        Self {
+            mode,
+            now,
+            targets: &[],
+            replay: ReplayArg::Record(key, replay),
+            charged_at: None,
+        }
+    }
 }
 
 fn split(t: Nanos) -> (u64, u64) {
@@ -91,6 +156,14 @@ fn split(t: Nanos) -> (u64, u64) {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn flag(on: bool) -> &'static str {
+    if on {
+        "1"
+    } else {
+        "0"
+    }
 }
 
 fn algorithm_code(algorithm: Algorithm) -> &'static str {
@@ -118,7 +191,7 @@ impl Call<'_> {
         for target in self.targets {
             inv.key(&target.key);
         }
-        if let Some((key, _)) = self.replay {
+        if let ReplayArg::Record(key, _) = self.replay {
             inv.key(key);
         }
         inv.arg(self.mode.code());
@@ -133,12 +206,15 @@ impl Call<'_> {
         }
         inv.arg(self.targets.len());
         match self.replay {
-            Some((_, r)) => {
+            ReplayArg::Record(_, r) => {
                 let ttl = nanos(r.ttl).clamp(1, MAX_REPLAY_TTL_NANOS);
-                inv.arg("1").arg(ttl).arg(r.max_replays);
+                inv.arg("record").arg(ttl).arg(r.max_replays);
             }
-            None => {
-                inv.arg("0").arg(0).arg(0);
+            ReplayArg::Taken => {
+                inv.arg("taken").arg(0).arg(0);
+            }
+            ReplayArg::None => {
+                inv.arg("none").arg(0).arg(0);
             }
         }
         match self.charged_at {
@@ -159,7 +235,8 @@ impl Call<'_> {
                 .arg(nanos(quota.emission_interval()))
                 .arg(quota.burst())
                 .arg(rule.cost())
-                .arg(if rule.is_shadow() { "1" } else { "0" });
+                .arg(flag(rule.is_shadow()))
+                .arg(flag(rule.honours_replays()));
         }
         inv
     }

@@ -11,8 +11,13 @@ pub struct RedisStoreStats {
     /// Decisions that asked Redis (one script call each; in Cluster, one per hash slot the
     /// request's keys fall on, plus refunds and idempotency records).
     pub redis_calls: u64,
-    /// Redis calls that failed: errors and exhausted budgets.
+    /// Redis calls that failed because Redis was unavailable: connection errors, `LOADING`,
+    /// `BUSY`, cluster down... and exhausted budgets. These count towards the circuit breaker.
     pub redis_failures: u64,
+    /// Redis calls that failed although Redis answered: a script error, a refused command
+    /// (authentication, ACL), an unexpected reply. Decided by the failure policy, logged, and
+    /// never counted towards the circuit breaker.
+    pub script_errors: u64,
     /// Of `redis_failures`, those that exhausted the time budget.
     pub timeouts: u64,
     /// Decisions made without Redis (the failure policy applied).
@@ -29,9 +34,11 @@ pub struct RedisStoreStats {
     pub short_circuited: u64,
     /// Requests denied by the local deny cache without asking Redis.
     pub deny_cache_hits: u64,
-    /// Cluster: per-slot charges reversed after another slot denied the request.
+    /// Cluster: per-slot charges reversed, and free replays given back, after another slot
+    /// denied the request.
     pub refunds: u64,
-    /// Cluster: refunds that failed (the charge stays until its state expires).
+    /// Cluster: refunds that failed (the charge stays until its state expires; a replay not
+    /// given back means a repeat of that request is charged).
     pub refund_failures: u64,
 }
 
@@ -39,6 +46,7 @@ pub struct RedisStoreStats {
 pub(crate) struct Counters {
     pub redis_calls: AtomicU64,
     pub redis_failures: AtomicU64,
+    pub script_errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub degraded: AtomicU64,
     pub failed_open: AtomicU64,
@@ -61,6 +69,7 @@ impl Counters {
         RedisStoreStats {
             redis_calls: get(&self.redis_calls),
             redis_failures: get(&self.redis_failures),
+            script_errors: get(&self.script_errors),
             timeouts: get(&self.timeouts),
             degraded: get(&self.degraded),
             failed_open: get(&self.failed_open),

@@ -21,7 +21,7 @@ use crate::connection::RedisConnection;
 use crate::deny_cache::DenyCache;
 use crate::error::RedisStoreError;
 use crate::policy::{Admission, Breaker, BreakerConfig, FailurePolicy, WarnLimiter};
-use crate::script::{self, Call, Mode, Reply, Target};
+use crate::script::{self, Call, Mode, ReplayArg, Reply, Target};
 use crate::stats::{bump, Counters, RedisStoreStats};
 
 /// The default key prefix.
@@ -110,7 +110,7 @@ struct Fallback {
     rules: Mutex<HashMap<RuleSignature, Rule>>,
 }
 
-type RuleSignature = (u64, Quota, Algorithm, u64, bool);
+type RuleSignature = (u64, Quota, Algorithm, u64, bool, bool);
 
 /// Configures a [`RedisStore`]; see [`RedisStore::builder`].
 #[must_use]
@@ -339,12 +339,14 @@ impl RedisStore {
                 algorithm: check.rule.algorithm().name(),
             });
         }
-        if checks.is_empty() && replay.is_none() {
+        // A replay matters only to the rules that honour it, and never to a peek.
+        let replay = replay.filter(|_| !peek && checks.iter().any(|c| c.rule.honours_replays()));
+        if checks.is_empty() {
             return Ok(Outcome::new(checks, Decisions::new(), false));
         }
         let sent = inner.clock.now();
-        if !peek && replay.is_none() {
-            if let Some(outcome) = self.cached_denial(checks, sent) {
+        if !peek {
+            if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
                 bump(&inner.counters.deny_cache_hits);
                 return Ok(outcome);
             }
@@ -376,21 +378,33 @@ impl RedisStore {
                 }
             }
         };
-        bump(&inner.counters.redis_failures);
-        if inner.breaker.failure() {
-            bump(&inner.counters.breaker_trips);
+        if error.is_unavailable() {
+            bump(&inner.counters.redis_failures);
+            if inner.breaker.failure() {
+                bump(&inner.counters.breaker_trips);
+            }
+        } else {
+            // Redis answered: it is reachable, whatever went wrong with this request. A script
+            // or data error must not switch limiting off for every key.
+            bump(&inner.counters.script_errors);
+            if inner.breaker.success() {
+                tracing::info!(target: "tollgate_redis", "Redis answers again; circuit breaker closed");
+            }
         }
         self.degrade(checks, replay, peek, error).await
     }
 
     /// A local denial, if the deny cache holds one for any enforced (rule, key) of the request.
-    fn cached_denial(&self, checks: &[Check<'_>], now: Nanos) -> Option<Outcome> {
+    /// With a replay, the rules that honour replays are not looked up: the request may be a
+    /// free replay there, while every other rule charges it like any request.
+    fn cached_denial(&self, checks: &[Check<'_>], replay: bool, now: Nanos) -> Option<Outcome> {
         let cache = self.inner.deny_cache.as_ref()?;
         let mut hit = false;
         let decisions: Decisions = checks
             .iter()
             .map(|c| {
-                if !c.rule.is_shadow() {
+                let may_be_free = replay && c.rule.honours_replays();
+                if !c.rule.is_shadow() && !may_be_free {
                     if let Some(d) = cache.get(c.rule.id(), c.key.as_u128(), now) {
                         hit = true;
                         return d;
@@ -430,14 +444,15 @@ impl RedisStore {
     async fn call(&self, call: &Call<'_>) -> Result<Reply, RedisStoreError> {
         let values = self.inner.conn.invoke(&call.invocation()).await?;
         // Refunds and idempotency records report no decisions.
-        let decided = match call.mode {
-            Mode::Check | Mode::Peek | Mode::Report => call.targets,
-            Mode::Refund | Mode::TakeReplay | Mode::CreateReplay => &[],
+        let decided = if call.mode.decides() {
+            call.targets
+        } else {
+            &[]
         };
         Reply::parse(&values, decided)
     }
 
-    /// The whole Redis side of one decision.
+    /// The whole Redis side of one decision. `replay` is given only when a rule honours it.
     async fn remote(
         &self,
         checks: &[Check<'_>],
@@ -446,19 +461,22 @@ impl RedisStore {
         sent: Nanos,
     ) -> Result<Outcome, RedisStoreError> {
         let targets = self.targets(checks);
-        let replay_key = replay.filter(|_| !peek).map(|r| (self.replay_key(r), r));
+        let replay_key = replay.map(|r| (self.replay_key(r), r));
         let groups = if self.inner.conn.is_cluster() {
             slot_groups(&targets, replay_key.as_ref().map(|(k, _)| k.as_str()))
         } else {
             Vec::new()
         };
         if groups.len() <= 1 {
-            let call = Call {
-                mode: if peek { Mode::Peek } else { Mode::Check },
-                now: self.explicit_now(),
-                targets: &targets,
-                replay: replay_key.as_ref().map(|(k, r)| (k.as_str(), *r)),
-                charged_at: None,
+            let now = self.explicit_now();
+            let call = if peek {
+                Call::peek(now, &targets)
+            } else {
+                let replay = match &replay_key {
+                    Some((key, r)) => ReplayArg::Record(key, r),
+                    None => ReplayArg::None,
+                };
+                Call::check(now, &targets, replay)
             };
             let reply = self.call(&call).await?;
             let outcome = Outcome::new(checks, reply.decisions.into(), reply.replayed);
@@ -501,6 +519,9 @@ impl RedisStore {
         Ok(outcome)
     }
 
+    /// The Cluster exchange: take the free replay first (its record may live on another slot),
+    /// then decide every slot, the rules that honour replays at no cost if one was taken; if
+    /// any slot denies, refund the slots that charged and give the replay back.
     async fn cluster_exchange(
         &self,
         targets: Vec<Target>,
@@ -508,36 +529,31 @@ impl RedisStore {
         replay: Option<(String, Replay)>,
         peek: bool,
     ) -> Result<(Decisions, bool), RedisStoreError> {
+        // The replay record's own slot needs no decision call.
+        let groups: Vec<Vec<usize>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
         let group_targets: Vec<Vec<Target>> = groups
             .iter()
             .map(|g| g.iter().map(|&i| targets[i].clone()).collect())
             .collect();
         let now = self.explicit_now();
 
-        // An idempotent replay first: if it is free, only the figures are wanted.
         let mut replayed = false;
         if let Some((key, r)) = &replay {
-            let call = Call {
-                mode: Mode::TakeReplay,
-                now,
-                targets: &[],
-                replay: Some((key, r)),
-                charged_at: None,
-            };
-            replayed = self.call(&call).await?.allowed;
+            replayed = self
+                .call(&Call::record(Mode::TakeReplay, now, key, r))
+                .await?
+                .allowed;
         }
-        let mode = match (peek, replayed) {
-            (true, _) => Mode::Peek,
-            (false, true) => Mode::Report,
-            (false, false) => Mode::Check,
+        let replay_arg = if replayed {
+            ReplayArg::Taken
+        } else {
+            ReplayArg::None
         };
         let replies = join_all(group_targets.iter().map(|t| async move {
-            let call = Call {
-                mode,
-                now,
-                targets: t,
-                replay: None,
-                charged_at: None,
+            let call = if peek {
+                Call::peek(now, t)
+            } else {
+                Call::check(now, t, replay_arg)
             };
             self.call(&call).await
         }))
@@ -558,36 +574,35 @@ impl RedisStore {
                 .zip(&targets)
                 .all(|(d, t)| d.allowed || t.rule.is_shadow())
         });
-        let charging = mode == Mode::Check;
-        if charging && !allowed {
+        if !peek && !allowed {
             // Denied (or a slot failed): give back what the slots that admitted have charged.
             // A slot's reply is `allowed` when none of its enforced rules denied: it then wrote
-            // every rule of it that admitted.
+            // every rule of it that admitted, except those a free replay passed at no cost.
             let refunds = group_targets.iter().zip(&replies).filter_map(|(t, reply)| {
                 let reply = reply.as_ref().ok().filter(|r| r.allowed)?;
                 let charged: Vec<Target> = t
                     .iter()
                     .zip(&reply.decisions)
-                    .filter(|(_, d)| d.allowed)
+                    .filter(|(t, d)| d.allowed && !(replayed && t.rule.honours_replays()))
                     .map(|(t, _)| t.clone())
                     .collect();
                 (!charged.is_empty()).then_some((charged, reply.now))
             });
-            join_all(refunds.map(|(charged, at)| self.refund(charged, at, now))).await;
+            let refunds = join_all(refunds.map(|(charged, at)| self.refund(charged, at, now)));
+            let give_back = async {
+                if let (true, Some((key, r))) = (replayed, &replay) {
+                    self.return_replay(key, r, now).await;
+                }
+            };
+            futures_util::future::join(refunds, give_back).await;
         }
         let Some(decisions) = decisions else {
             let error = replies.into_iter().find_map(Result::err);
             return Err(error.unwrap_or_else(|| RedisStoreError::Protocol("lost error".into())));
         };
-        if charging && allowed {
+        if !peek && allowed && !replayed {
             if let Some((key, r)) = &replay {
-                let call = Call {
-                    mode: Mode::CreateReplay,
-                    now,
-                    targets: &[],
-                    replay: Some((key, r)),
-                    charged_at: None,
-                };
+                let call = Call::record(Mode::CreateReplay, now, key, r);
                 if let Err(error) = self.call(&call).await {
                     // The request was charged; only a later free replay is lost.
                     if let Some(suppressed) = self.inner.warn.permit() {
@@ -596,23 +611,33 @@ impl RedisStore {
                 }
             }
         }
-        Ok((decisions, replayed))
+        Ok((decisions, replayed && allowed))
     }
 
     /// Reverses a charge made at `charged_at` on one slot.
     async fn refund(&self, charged: Vec<Target>, charged_at: Nanos, now: Option<Nanos>) {
-        let call = Call {
-            mode: Mode::Refund,
-            now,
-            targets: &charged,
-            replay: None,
-            charged_at: Some(charged_at),
-        };
+        let call = Call::refund(now, &charged, charged_at);
+        self.undo(
+            &call,
+            "could not refund a partial charge; it stays until its state expires",
+        )
+        .await;
+    }
+
+    /// Gives back a free replay taken for a request that another slot denied.
+    async fn return_replay(&self, key: &str, replay: &Replay, now: Option<Nanos>) {
+        let call = Call::record(Mode::ReturnReplay, now, key, replay);
+        self.undo(&call, "could not give back a free replay of a denied request; one fewer repeat of it passes free")
+            .await;
+    }
+
+    /// Runs a call that undoes part of a denied Cluster request, counting it as a refund.
+    async fn undo(&self, call: &Call<'_>, failed: &'static str) {
         let counters = &self.inner.counters;
-        // A refund runs in the exchange's own task, so it may take longer than a decision:
-        // never less than the store's budget.
+        // It runs in the exchange's own task, so it may take longer than a decision: never
+        // less than the store's budget.
         let timeout = REFUND_TIMEOUT.max(self.inner.budget);
-        let error = match tokio::time::timeout(timeout, self.call(&call)).await {
+        let error = match tokio::time::timeout(timeout, self.call(call)).await {
             Ok(Ok(_)) => {
                 bump(&counters.refunds);
                 return;
@@ -622,7 +647,7 @@ impl RedisStore {
         };
         bump(&counters.refund_failures);
         if let Some(suppressed) = self.inner.warn.permit() {
-            tracing::warn!(target: "tollgate_redis", %error, suppressed, "could not refund a partial charge; it stays until its state expires");
+            tracing::warn!(target: "tollgate_redis", %error, suppressed, "{failed}");
         }
     }
 
@@ -637,13 +662,23 @@ impl RedisStore {
         let inner = &*self.inner;
         bump(&inner.counters.degraded);
         if let Some(suppressed) = inner.warn.permit() {
-            tracing::warn!(
-                target: "tollgate_redis",
-                %error,
-                policy = ?inner.policy,
-                suppressed,
-                "rate-limit decision made without Redis"
-            );
+            if error.is_unavailable() {
+                tracing::warn!(
+                    target: "tollgate_redis",
+                    %error,
+                    policy = ?inner.policy,
+                    suppressed,
+                    "rate-limit decision made without Redis"
+                );
+            } else {
+                tracing::warn!(
+                    target: "tollgate_redis",
+                    %error,
+                    policy = ?inner.policy,
+                    suppressed,
+                    "rate-limit decision made by the failure policy: Redis is reachable but could not decide this request (the circuit breaker stays closed)"
+                );
+            }
         }
         match inner.policy {
             FailurePolicy::FailClosed => {
@@ -690,6 +725,7 @@ impl Fallback {
             rule.algorithm(),
             rule.cost(),
             rule.is_shadow(),
+            rule.honours_replays(),
         );
         let mut rules = self.rules.lock();
         if rules.len() > 4096 {
@@ -722,6 +758,7 @@ pub(crate) fn scaled_rule(rule: &Rule, instances: u32) -> Rule {
                 .algorithm(rule.algorithm())
                 .cost(cost)
                 .shadow(rule.is_shadow())
+                .honour_replays(rule.honours_replays())
                 .build()
                 .ok()
         })

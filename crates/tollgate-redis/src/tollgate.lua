@@ -11,18 +11,40 @@
 --     doubling, and floor/ceil(a*b/c) is a binary long multiplication whose remainder stays
 --     below 2c <= 2^52: no intermediate ever exceeds 2^53.
 --
--- KEYS: one per rule (then the idempotency record's key, when ARGV[5] == '1').
--- ARGV: mode, now_s, now_n (both empty: Redis TIME), nrules, has_replay, replay_ttl_ns,
---       max_replays, charged_s, charged_n (refunds only), then 7 per rule:
---       algorithm (g|f|l|w), limit, period_ns, interval_ns, burst, cost, shadow (0|1).
--- Modes: c = check (charge all-or-nothing, honour replays), p = peek, z = report at cost 0
---        (a replayed request, in Cluster), u = refund a charge made at (charged_s, charged_n),
---        r = take one free replay if the record allows it, n = create the record if none is live.
+-- KEYS: one per rule, then the idempotency record's key when ARGV[5] is 'record'. The replay
+--       modes take the record's key alone.
+-- ARGV: mode, now_s, now_n (both empty: Redis TIME), nrules, replay, replay_ttl_ns,
+--       max_replays, charged_s, charged_n (refunds only), then 8 per rule:
+--       algorithm (g|f|l|w), limit, period_ns, interval_ns, burst, cost, shadow (0|1),
+--       honours replays (0|1).
+-- Modes:
+--   check          decide and charge, all-or-nothing. replay = 'none'; 'record' (KEYS holds the
+--                  record: with a live record under its cap, the rules that honour replays pass
+--                  free and are not written, the others are charged; the record counts the
+--                  replay, or is created, only if the request passes); 'taken' (Cluster: an
+--                  earlier call took the free replay; the rules that honour replays pass free).
+--   peek           decide without charging.
+--   refund         reverse a charge made at (charged_s, charged_n) (Cluster partial denial).
+--   take_replay    take one free replay if the record allows it (Cluster).
+--   return_replay  give back a replay taken for a request another slot denied (Cluster).
+--   create_replay  create the record unless a live one exists (Cluster).
 -- Reply: { now_s, now_n, allowed (0|1), replayed (0|1),
 --          then 4 per rule: allowed (0|1), remaining, reset_after_ns, retry_after_ns (0: none) }
--- Values (instants as decimal nanoseconds since the epoch; every key has a TTL):
---   GCRA "<tat>"; fixed window "<window end>:<count>"; sliding log "<at>:<cost>,<at>:<cost>...";
---   sliding window "<window end>:<previous>:<current>"; idempotency "<expires at>:<replays>".
+--
+-- Values carry their format: a tag of the algorithm and format version, then decimal
+-- nanosecond instants and counts (every key has a TTL):
+--   GCRA            g1:<tat>
+--   fixed window    f1:<window end>:<count>
+--   sliding log     l1:<at>:<cost>,<at>:<cost>...   (oldest first)
+--   sliding window  w1:<window end>:<previous>:<current>
+--   idempotency     r1:<expires at>:<replays taken>
+-- A value is read only if it is exactly that: the rule's tag, instants of 1 to 19 digits,
+-- counts of at most 2^53, no instant further ahead than twice what the rule can write plus a
+-- minute of clock slack (so a stray far-future value cannot hold a key out for long). Anything else -- another algorithm's or
+-- version's state, garbage, a hash, list or set at the key (GET is pcall'd: WRONGTYPE is
+-- data, not an error) -- is absent state, overwritten when the request is charged. A change
+-- of format bumps the version digit; a script of another version then reads the value as
+-- absent, never misreads it.
 
 local E9 = 1000000000
 local TWO53 = 9007199254740992
@@ -122,21 +144,59 @@ local function at(d)
   return NS + q, r
 end
 
--- Stored instants are decimal nanosecond counts.
-local function parse(str)
-  local len = #str
-  if len <= 9 then return 0, tonumber(str) end
-  return tonumber(string.sub(str, 1, len - 9)), tonumber(string.sub(str, len - 8))
+-- Decimal digits only: an instant has 1 to 19 (it fits a u64), a count at most 16.
+local function digits(str, max)
+  return type(str) == 'string' and #str >= 1 and #str <= max and string.find(str, '^%d+$') ~= nil
 end
 
+-- A stored instant, relative to now; nil if `str` is not one.
 local function rel_str(str)
-  local s, n = parse(str)
-  return rel(s, n)
+  if not digits(str, 19) then return nil end
+  local len = #str
+  if len <= 9 then return rel(0, tonumber(str)) end
+  return rel(tonumber(string.sub(str, 1, len - 9)), tonumber(string.sub(str, len - 8)))
+end
+
+-- A stored count; nil if `str` is not one.
+local function count(str)
+  if not digits(str, 16) then return nil end
+  local c = tonumber(str)
+  if c > TWO53 then return nil end
+  return c
 end
 
 local function fmt(d)
   local s, n = at(d)
   return string.format('%d%09d', s, n)
+end
+
+-- Counts are written as integers (tostring would switch to an exponent from 1e14 on).
+local function num(c)
+  return string.format('%d', c)
+end
+
+-- How far ahead of now a stored instant may lie, for state that spans `span` ns: twice the span,
+-- and a minute for clocks that step between Redis primaries (a failover), but never 2^53 (the
+-- clamp of `rel`). Further ahead it is not state this rule wrote, and a stray value must not
+-- hold a key out for days.
+local CLOCK_SLACK = 60 * E9
+local function horizon(span)
+  local h = 2 * span + CLOCK_SLACK
+  if h > TWO53 then return TWO53 end
+  return h
+end
+
+-- The string at `key`, or nil: a missing key, or a value of another type (WRONGTYPE).
+local function get(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then return v end
+  return nil
+end
+
+-- What follows `tag` in `v`, or nil when `v` is not tagged so.
+local function untag(v, tag)
+  if v and string.sub(v, 1, #tag) == tag then return string.sub(v, #tag + 1) end
+  return nil
 end
 
 -- Milliseconds of TTL for state that stops mattering `d` ns from now (rounded up, so a key
@@ -169,62 +229,116 @@ local function deny(remaining, reset, retry)
   return { 0, remaining, reset, retry }
 end
 
--- Each decide returns decision, new value, ttl (ms); the value is nil when nothing is written.
+-- Each algorithm: its tag; parse(value, rule) -> state, or nil when the value is not this
+-- rule's state; decide(state or nil, rule, cost) -> decision, new value (nil: nothing to write),
+-- ttl (ms); refund(state, rule, charged, charged_s, charged_n) -> the value without the charge
+-- and its ttl (nil: keep the key's), false (delete the key), or nil (nothing left to undo).
 
-local function gcra(v, p, cost)
+-- GCRA. State: the theoretical arrival time, relative to now.
+local gcra = { tag = 'g1:' }
+
+function gcra.parse(v, p)
+  local used = rel_str(untag(v, gcra.tag))
+  if used and used < horizon(p.burst * p.interval) then return used end
+  return nil
+end
+
+function gcra.decide(used, p, cost)
   local interval, burst = p.interval, p.burst
   local tolerance = burst * interval
-  local used = 0
-  if v then
-    used = rel_str(v)
-    if used < 0 then used = 0 end
-  end
+  if not used or used < 0 then used = 0 end
   local wanted = used + cost * interval
   if wanted <= tolerance then
     local remaining = idiv(tolerance - wanted, interval)
-    return allow(remaining, wanted), fmt(wanted), ttl_ms(wanted)
+    return allow(remaining, wanted), gcra.tag .. fmt(wanted), ttl_ms(wanted)
   end
   local free = tolerance - used
   if free < 0 then free = 0 end
   return deny(idiv(free, interval), used, wanted - tolerance)
 end
 
-local function fixed_window(v, p, cost)
+function gcra.refund(used, p)
+  local tat = used - p.cost * p.interval
+  if tat > 0 then return gcra.tag .. fmt(tat), ttl_ms(tat) end
+  return false
+end
+
+-- Fixed window. State: { end relative to now, end as stored, count }.
+local fixed_window = { tag = 'f1:' }
+
+function fixed_window.parse(v, p)
+  local a, b = string.match(untag(v, fixed_window.tag) or '', '^(%d+):(%d+)$')
+  local we, c = rel_str(a), count(b)
+  if we and c and we < horizon(p.period) then return { we, a, c } end
+  return nil
+end
+
+function fixed_window.decide(st, p, cost)
   local limit = p.limit
-  local we, count, wes
-  if v then
-    local a, b = string.match(v, '^(%d+):(%d+)$')
-    local d = rel_str(a)
-    if d > 0 then we = d; wes = a; count = tonumber(b) end
+  local we, wes, c
+  if st and st[1] > 0 then
+    we, wes, c = st[1], st[2], st[3]
+  else
+    we, c = window_end(p.period), 0
   end
-  if not we then
-    we = window_end(p.period); count = 0
+  if c + cost <= limit then
+    local value = fixed_window.tag .. (wes or fmt(we)) .. ':' .. num(c + cost)
+    return allow(limit - c - cost, we), value, ttl_ms(we)
   end
-  if count + cost <= limit then
-    return allow(limit - count - cost, we), (wes or fmt(we)) .. ':' .. (count + cost), ttl_ms(we)
-  end
-  local remaining = limit - count
+  local remaining = limit - c
   if remaining < 0 then remaining = 0 end
   return deny(remaining, we, we)
 end
 
-local function sliding_log(v, p, cost)
-  local limit, period = p.limit, p.period
-  -- Entries oldest first: { instant string, relative time, cost }.
-  local entries, n = {}, 0
-  if v then
-    for a, c in string.gmatch(v, '(%d+):(%d+)') do
-      n = n + 1
-      entries[n] = { a, rel_str(a), tonumber(c) }
-    end
+function fixed_window.refund(st, p, charged, cs, cn)
+  -- The end of the charge's window, relative to now.
+  local we = charged + window_end_from(cs, cn, p.period)
+  if st[1] == we and st[3] >= p.cost then
+    return fixed_window.tag .. st[2] .. ':' .. num(st[3] - p.cost)
   end
+  return nil
+end
+
+-- Sliding log. State: entries oldest first, { instant as stored, relative to now, cost }.
+local sliding_log = { tag = 'l1:' }
+
+function sliding_log.parse(v, p)
+  local body = untag(v, sliding_log.tag)
+  if not body or body == '' then return nil end
+  local limit = horizon(p.period)
+  local entries, n, pos, len = {}, 0, 1, #body
+  local last = -TWO53
+  while pos <= len do
+    local comma = string.find(body, ',', pos, true)
+    local piece
+    if comma then
+      piece = string.sub(body, pos, comma - 1)
+      pos = comma + 1
+      if pos > len then return nil end -- a trailing comma
+    else
+      piece = string.sub(body, pos)
+      pos = len + 1
+    end
+    local a, b = string.match(piece, '^(%d+):(%d+)$')
+    local d, c = rel_str(a), count(b)
+    if not d or not c or c < 1 or d < last or d >= limit then return nil end
+    last = d
+    n = n + 1; entries[n] = { a, d, c }
+  end
+  return entries
+end
+
+function sliding_log.decide(entries, p, cost)
+  local limit, period = p.limit, p.period
+  entries = entries or {}
+  local n = #entries
   local used = 0
   local live, nl = {}, 0
   for i = 1, n do
     local e = entries[i]
     if e[2] + period > 0 then
       used = used + e[3]
-      nl = nl + 1; live[nl] = e
+      nl = nl + 1; live[nl] = { e[1], e[2], e[3] }
     end
   end
   if used + cost <= limit then
@@ -250,9 +364,11 @@ local function sliding_log(v, p, cost)
     local parts = {}
     for i = 1, nl do
       local e = live[i]
-      parts[i] = (e[1] or fmt(e[2])) .. ':' .. e[3]
+      parts[i] = (e[1] or fmt(e[2])) .. ':' .. num(e[3])
     end
-    return allow(limit - used - cost, reset), table.concat(parts, ','), ttl_ms(expires)
+    local value = nil
+    if nl > 0 then value = sliding_log.tag .. table.concat(parts, ',') end
+    return allow(limit - used - cost, reset), value, ttl_ms(expires)
   end
   -- Wait until enough of the oldest entries have left the window.
   local excess = used + cost - limit
@@ -272,6 +388,22 @@ local function sliding_log(v, p, cost)
   local remaining = limit - used
   if remaining < 0 then remaining = 0 end
   return deny(remaining, reset, retry)
+end
+
+function sliding_log.refund(entries, p, charged)
+  local parts, removed = {}, false
+  for i = 1, #entries do
+    local e = entries[i]
+    local c = e[3]
+    if not removed and e[2] == charged and c >= p.cost then
+      removed = true
+      c = c - p.cost
+    end
+    if c > 0 then parts[#parts + 1] = e[1] .. ':' .. num(c) end
+  end
+  if not removed then return nil end
+  if #parts == 0 then return false end
+  return sliding_log.tag .. table.concat(parts, ',')
 end
 
 -- The first instant (relative to now) at which a request of `cost` passes, if nothing else is
@@ -295,17 +427,28 @@ local function earliest_admission(we, period, previous, current, limit, cost)
   return we + period - free_left
 end
 
-local function sliding_window(v, p, cost)
+-- Sliding-window counter. State: { end relative to now, end as stored, previous, current }.
+local sliding_window = { tag = 'w1:' }
+
+function sliding_window.parse(v, p)
+  local a, b, c = string.match(untag(v, sliding_window.tag) or '', '^(%d+):(%d+):(%d+)$')
+  local we, previous, current = rel_str(a), count(b), count(c)
+  if we and previous and current and we < horizon(p.period) then
+    return { we, a, previous, current }
+  end
+  return nil
+end
+
+function sliding_window.decide(st, p, cost)
   local limit, period = p.limit, p.period
   local aligned = window_end(period)
   local we, wes, previous, current = aligned, nil, 0, 0
-  if v then
-    local a, b, c = string.match(v, '^(%d+):(%d+):(%d+)$')
-    local d = rel_str(a)
-    if d > 0 then
-      we, wes, previous, current = d, a, tonumber(b), tonumber(c)
-    elseif d + period == aligned then
-      previous = tonumber(c)
+  if st then
+    if st[1] > 0 then
+      we, wes, previous, current = st[1], st[2], st[3], st[4]
+    elseif st[1] + period == aligned then
+      -- The window just before this one: its count is now the previous window's.
+      previous = st[4]
     end
   end
   local start = we - period
@@ -320,7 +463,7 @@ local function sliding_window(v, p, cost)
   end
   if used + cost <= limit then
     local cur = current + cost
-    local value = (wes or fmt(we)) .. ':' .. previous .. ':' .. cur
+    local value = sliding_window.tag .. (wes or fmt(we)) .. ':' .. num(previous) .. ':' .. num(cur)
     return allow(limit - used - cost, reset_after(cur)), value, ttl_ms(we + period)
   end
   local retry = earliest_admission(we, period, previous, current, limit, cost)
@@ -329,21 +472,58 @@ local function sliding_window(v, p, cost)
   return deny(remaining, reset_after(current), retry)
 end
 
+function sliding_window.refund(st, p, charged, cs, cn)
+  local we = charged + window_end_from(cs, cn, p.period)
+  local d, a, previous, current = st[1], st[2], st[3], st[4]
+  if d == we and current >= p.cost then
+    return sliding_window.tag .. a .. ':' .. num(previous) .. ':' .. num(current - p.cost)
+  elseif d == we + p.period and previous >= p.cost then
+    return sliding_window.tag .. a .. ':' .. num(previous - p.cost) .. ':' .. num(current)
+  end
+  return nil
+end
+
 local ALGORITHMS = { g = gcra, f = fixed_window, l = sliding_log, w = sliding_window }
+
+-- A rule's state at `key`, or nil when there is none this rule can read.
+local function read(p, key)
+  local v = get(key)
+  if not v then return nil end
+  -- Parsing is strict and cannot raise; pcall all the same, so that no stored value ever
+  -- fails a request.
+  local ok, st = pcall(p.alg.parse, v, p)
+  if ok then return st end
+  return nil
+end
+
+-- p.alg.decide, on absent state should it ever raise on what `read` accepted.
+local function decide(p, st, cost)
+  local ok, d, value, ttl = pcall(p.alg.decide, st, p, cost)
+  if ok then return d, value, ttl end
+  return p.alg.decide(nil, p, cost)
+end
+
+local MODES = { check = true, peek = true, refund = true, take_replay = true,
+  return_replay = true, create_replay = true }
+if not MODES[mode] then
+  return redis.error_reply('tollgate: unknown mode ' .. tostring(mode) ..
+    '; the caller speaks another version of this script')
+end
 
 -- Rule parameters.
 local nrules = tonumber(ARGV[4])
 local rules = {}
 for i = 1, nrules do
-  local b = 9 + (i - 1) * 7
+  local b = 9 + (i - 1) * 8
   rules[i] = {
-    alg = ARGV[b + 1],
+    alg = ALGORITHMS[ARGV[b + 1]],
     limit = tonumber(ARGV[b + 2]),
     period = tonumber(ARGV[b + 3]),
     interval = tonumber(ARGV[b + 4]),
     burst = tonumber(ARGV[b + 5]),
     cost = tonumber(ARGV[b + 6]),
     shadow = ARGV[b + 7] == '1',
+    replays = ARGV[b + 8] == '1',
   }
 end
 
@@ -356,126 +536,109 @@ local function reply(allowed, replayed, decisions)
   return out
 end
 
--- Idempotency records: "<expires at>:<replays taken>".
-local function take_replay(key, max)
-  local v = redis.call('GET', key)
-  if not v then return false end
-  local e, taken = string.match(v, '^(%d+):(%d+)$')
-  taken = tonumber(taken)
-  if rel_str(e) > 0 and taken < max then
-    redis.call('SET', key, e .. ':' .. (taken + 1), 'KEEPTTL')
-    return true
-  end
-  return false
-end
-
-local function create_replay(key, ttl)
-  local v = redis.call('GET', key)
-  if v then
-    local e = string.match(v, '^(%d+):')
-    -- A live record (even at its cap) stays until it expires.
-    if e and rel_str(e) > 0 then return end
-  end
-  redis.call('SET', key, fmt(ttl) .. ':0', 'PX', ttl_ms(ttl))
-end
-
-local has_replay = ARGV[5] == '1'
-local replay_key = KEYS[nrules + 1]
+-- Idempotency records.
+local replay = ARGV[5]
 local replay_ttl = tonumber(ARGV[6])
 local max_replays = tonumber(ARGV[7])
+local RECORD = 'r1:'
 
-if mode == 'r' then
-  local replayed = 0
-  if take_replay(KEYS[1], max_replays) then replayed = 1 end
-  return reply(replayed, replayed, {})
+-- The live record at `key` as { expires at (as stored), replays taken }, or nil.
+local function read_record(key)
+  local e, t = string.match(untag(get(key), RECORD) or '', '^(%d+):(%d+)$')
+  local d, taken = rel_str(e), count(t)
+  -- Records of any lifetime up to the longest (2^52 ns, enforced by the caller) are read: the
+  -- lifetime a request asks for may differ from the one its record was created with.
+  if d and taken and d > 0 and d < TWO53 then return { e, taken } end
+  return nil
 end
-if mode == 'n' then
-  create_replay(KEYS[1], replay_ttl)
+
+local function set_taken(key, record, taken)
+  redis.call('SET', key, RECORD .. record[1] .. ':' .. num(taken), 'KEEPTTL')
+end
+
+local function create_record(key)
+  redis.call('SET', key, RECORD .. fmt(replay_ttl) .. ':0', 'PX', ttl_ms(replay_ttl))
+end
+
+if mode == 'take_replay' then
+  local record = read_record(KEYS[1])
+  if record and record[2] < max_replays then
+    set_taken(KEYS[1], record, record[2] + 1)
+    return reply(1, 1, {})
+  end
+  return reply(0, 0, {})
+end
+if mode == 'return_replay' then
+  local record = read_record(KEYS[1])
+  if record and record[2] > 0 then set_taken(KEYS[1], record, record[2] - 1) end
+  return reply(1, 0, {})
+end
+if mode == 'create_replay' then
+  -- A live record (even at its cap) stays until it expires.
+  if not read_record(KEYS[1]) then create_record(KEYS[1]) end
   return reply(1, 0, {})
 end
 
-if mode == 'u' then
-  -- Refund: reverse a charge this request made at (charged_s, charged_n), as far as it still
-  -- stands (another request may have moved the state on since).
+if mode == 'refund' then
+  -- Reverse a charge this request made at (charged_s, charged_n), as far as it still stands
+  -- (another request may have moved the state on since).
   local cs, cn = tonumber(ARGV[8]), tonumber(ARGV[9])
   local charged = rel(cs, cn) -- when the charge was made, relative to now
   for i = 1, nrules do
     local p, key = rules[i], KEYS[i]
-    local v = redis.call('GET', key)
-    if v then
-      if p.alg == 'g' then
-        local tat = rel_str(v) - p.cost * p.interval
-        if tat > 0 then
-          redis.call('SET', key, fmt(tat), 'PX', ttl_ms(tat))
-        else
-          redis.call('DEL', key)
-        end
-      elseif p.alg == 'f' then
-        local a, b = string.match(v, '^(%d+):(%d+)$')
-        -- The end of the charge's window, relative to now.
-        local we = charged + window_end_from(cs, cn, p.period)
-        local count = tonumber(b)
-        if rel_str(a) == we and count >= p.cost then
-          redis.call('SET', key, a .. ':' .. (count - p.cost), 'KEEPTTL')
-        end
-      elseif p.alg == 'w' then
-        local a, b, c = string.match(v, '^(%d+):(%d+):(%d+)$')
-        local we = charged + window_end_from(cs, cn, p.period)
-        local d = rel_str(a)
-        local prev, cur = tonumber(b), tonumber(c)
-        if d == we and cur >= p.cost then
-          redis.call('SET', key, a .. ':' .. prev .. ':' .. (cur - p.cost), 'KEEPTTL')
-        elseif d == we + p.period and prev >= p.cost then
-          redis.call('SET', key, a .. ':' .. (prev - p.cost) .. ':' .. cur, 'KEEPTTL')
-        end
-      elseif p.alg == 'l' then
-        local parts, removed = {}, false
-        for a, c in string.gmatch(v, '(%d+):(%d+)') do
-          c = tonumber(c)
-          if not removed and rel_str(a) == charged and c >= p.cost then
-            removed = true
-            c = c - p.cost
-          end
-          if c > 0 then parts[#parts + 1] = a .. ':' .. c end
-        end
-        if removed then
-          if #parts > 0 then
-            redis.call('SET', key, table.concat(parts, ','), 'KEEPTTL')
-          else
-            redis.call('DEL', key)
-          end
-        end
+    local st = read(p, key)
+    if st then
+      local ok, value, ttl = pcall(p.alg.refund, st, p, charged, cs, cn)
+      if not ok then
+        -- Nothing this script wrote: leave it; the next charge overwrites it.
+      elseif value == false then
+        redis.call('DEL', key)
+      elseif value and ttl then
+        redis.call('SET', key, value, 'PX', ttl)
+      elseif value then
+        redis.call('SET', key, value, 'KEEPTTL')
       end
     end
   end
   return reply(1, 0, {})
 end
 
-local charge = mode == 'c'
-local replayed = false
-if charge and has_replay then
-  replayed = take_replay(replay_key, max_replays)
-  if replayed then charge = false end
+local charge = mode == 'check'
+-- A request that repeats an idempotency key: free in the rules that honour replays if the
+-- record is live and under its cap (or an earlier call took the replay, in Cluster).
+local honoured = false
+for i = 1, nrules do
+  if rules[i].replays then honoured = true end
+end
+local replay_key = KEYS[nrules + 1]
+local record = nil
+local free = false
+if charge and honoured then
+  if replay == 'taken' then
+    free = true
+  elseif replay == 'record' then
+    record = read_record(replay_key)
+    free = record ~= nil and record[2] < max_replays
+  end
 end
 
 local decisions, writes = {}, {}
 local allowed = 1
 for i = 1, nrules do
   local p = rules[i]
-  local decide = ALGORITHMS[p.alg]
-  local v = redis.call('GET', KEYS[i])
-  if not v then v = nil end
+  local st = read(p, KEYS[i])
   local d, value, ttl
   if charge then
-    d, value, ttl = decide(v, p, p.cost)
-    if d[1] == 1 then writes[i] = { value, ttl } end
-  elseif mode == 'p' then
-    -- Would it pass? If so, report the figures as they stand.
-    d = decide(v, p, p.cost)
-    if d[1] == 1 then d = decide(v, p, 0) end
+    local waived = free and p.replays
+    local cost = p.cost
+    if waived then cost = 0 end
+    d, value, ttl = decide(p, st, cost)
+    -- A free replay is not written: it was paid for when it was first charged.
+    if d[1] == 1 and not waived and value then writes[i] = { value, ttl } end
   else
-    -- A replayed request, already paid for: the figures, at no cost.
-    d = decide(v, p, 0)
+    -- Peek: would it pass? If so, report the figures as they stand.
+    d = decide(p, st, p.cost)
+    if d[1] == 1 then d = decide(p, st, 0) end
   end
   decisions[i] = d
   if d[1] == 0 and not p.shadow then allowed = 0 end
@@ -486,9 +649,15 @@ if charge and allowed == 1 then
     local w = writes[i]
     if w then redis.call('SET', KEYS[i], w[1], 'PX', w[2]) end
   end
-  if has_replay then create_replay(replay_key, replay_ttl) end
+  if replay == 'record' and honoured then
+    if free then
+      set_taken(replay_key, record, record[2] + 1)
+    elseif not record then
+      create_record(replay_key)
+    end
+  end
 end
 
-local r = 0
-if replayed then r = 1 end
-return reply(allowed, r, decisions)
+local replayed = 0
+if free and allowed == 1 then replayed = 1 end
+return reply(allowed, replayed, decisions)

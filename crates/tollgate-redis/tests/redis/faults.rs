@@ -247,7 +247,10 @@ async fn policies_without_redis() {
     let error = closed.check(&checks, None).await.unwrap_err();
     assert!(error.is_unavailable());
     assert!(
-        matches!(error, RedisStoreError::Pool(_) | RedisStoreError::Redis(_)),
+        matches!(
+            error,
+            RedisStoreError::Pool(_) | RedisStoreError::Unavailable(_)
+        ),
         "{error:?}"
     );
     eprintln!("fail-closed error: {error}");
@@ -284,4 +287,66 @@ async fn policies_without_redis() {
     assert_eq!(s.breaker_trips, 1);
     assert_eq!(s.degraded, 20);
     assert!(breaker.breaker_open());
+}
+
+/// Redis answers but refuses the script (an ACL without EVALSHA): every request is decided by
+/// the policy and logged, but this is not an outage, so the breaker stays closed and nothing
+/// shows the password.
+#[tokio::test]
+async fn a_refused_script_is_not_an_outage() {
+    const PASSWORD: &str = "pw-Zm9vYmFyYmF6";
+    let redis = TestRedis::start().await;
+    let mut admin = redis.admin().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("limited")
+        .arg("on")
+        .arg(format!(">{PASSWORD}"))
+        .arg("~*")
+        .arg("+@all")
+        .arg("-evalsha")
+        .arg("-eval")
+        .arg("-script")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = redis
+        .url()
+        .replace("redis://", &format!("redis://limited:{PASSWORD}@"));
+    let rule = rule();
+    let key = KeySecret::DEFAULT.key().part(b"acl").finish();
+    let checks = [Check { rule: &rule, key }];
+
+    let open = RedisStore::builder(RedisConnection::connect(url.as_str()).await.unwrap())
+        .breaker(BreakerConfig {
+            failures: 2,
+            cool_down: Duration::from_secs(60),
+        })
+        .build();
+    for _ in 0..20 {
+        assert!(open.check(&checks, None).await.unwrap().allowed);
+    }
+    let s = open.stats();
+    assert_eq!(
+        (s.script_errors, s.degraded, s.failed_open),
+        (20, 20, 20),
+        "{s:?}"
+    );
+    assert_eq!((s.redis_failures, s.breaker_trips), (0, 0), "{s:?}");
+    assert!(!open.breaker_open());
+
+    let closed = RedisStore::builder(RedisConnection::connect(url.as_str()).await.unwrap())
+        .failure_policy(FailurePolicy::FailClosed)
+        .build();
+    let error = closed.check(&checks, None).await.unwrap_err();
+    assert!(matches!(error, RedisStoreError::Refused(_)), "{error:?}");
+    assert!(!error.is_unavailable());
+    eprintln!("refused: {error}");
+    for shown in [
+        error.to_string(),
+        format!("{error:?}"),
+        format!("{closed:?}"),
+    ] {
+        assert!(!shown.contains(PASSWORD), "{shown}");
+    }
 }

@@ -39,6 +39,7 @@ async fn no_raw_identity_in_any_key_or_value_and_every_key_expires() {
                 Quota::per_minute(3).unwrap(),
             )
             .algorithm(a)
+            .honour_replays(true)
             .build()
             .unwrap()
         })
@@ -146,9 +147,16 @@ async fn no_raw_identity_in_any_key_or_value_and_every_key_expires() {
             .await
             .unwrap();
         let value = String::from_utf8(value).unwrap();
+        // A format tag (algorithm, or `r` for an idempotency record, and version), then
+        // instants and counts only.
+        let (tag, body) = value.split_at(3);
         assert!(
-            value
-                .bytes()
+            ["g1:", "f1:", "l1:", "w1:", "r1:"].contains(&tag),
+            "{key} = {value:?}: tagged"
+        );
+        assert_eq!(tag == "r1:", rule == "~replay", "{key} = {value:?}");
+        assert!(
+            body.bytes()
                 .all(|b| b.is_ascii_digit() || b == b':' || b == b','),
             "{key} = {value:?}: only instants and counts"
         );

@@ -5,6 +5,7 @@ mod support;
 
 mod bench;
 mod conformance;
+mod corruption;
 mod differential;
 mod faults;
 mod keyspace;

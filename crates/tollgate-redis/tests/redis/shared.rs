@@ -366,20 +366,37 @@ async fn the_deny_cache_answers_locally_with_a_shrinking_retry_after() {
     assert_eq!(local.decisions[0].remaining, 1_000);
     assert_eq!(store.stats().redis_calls, 2);
 
-    // A request with an idempotency key asks Redis: it may be a free replay.
+    // An idempotency key changes nothing for a rule that does not honour replays: denied
+    // locally.
     let replay = tollgate_core::Replay {
         key: unique_key("idem"),
         ttl: Duration::from_secs(60),
         max_replays: 1,
     };
-    let asked = store.check(&checks, Some(&replay)).await.unwrap();
-    assert!(!asked.allowed);
-    assert_eq!(store.stats().redis_calls, 3);
+    let local = store.check(&checks, Some(&replay)).await.unwrap();
+    assert!(!local.allowed && !local.replayed);
+    assert_eq!(store.stats().redis_calls, 2);
+    // A rule that honours replays asks Redis: the request may be a free replay there.
+    let replayable = Rule::builder("c", Quota::min_interval(Duration::from_secs(1)).unwrap())
+        .honour_replays(true)
+        .build()
+        .unwrap();
+    let rkey = unique_key("replayable");
+    let rchecks = [Check {
+        rule: &replayable,
+        key: rkey,
+    }];
+    assert!(store.check(&rchecks, Some(&replay)).await.unwrap().allowed);
+    assert!(!store.check(&rchecks, None).await.unwrap().allowed);
+    assert_eq!(store.stats().redis_calls, 4);
+    let replayed = store.check(&rchecks, Some(&replay)).await.unwrap();
+    assert!(replayed.allowed && replayed.replayed, "{replayed:?}");
+    assert_eq!(store.stats().redis_calls, 5);
 
     // When the wait is over, Redis is asked again and admits.
     clock.advance(Duration::from_nanos(699_999_999));
     assert!(store.check(&checks, None).await.unwrap().allowed);
-    assert_eq!(store.stats().redis_calls, 4);
+    assert_eq!(store.stats().redis_calls, 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
