@@ -1,5 +1,4 @@
-//! What happens when Redis fails: the [`FailurePolicy`], the circuit breaker, and the
-//! rate-limited warning.
+//! What happens when Redis fails: the [`FailurePolicy`] and the circuit breaker.
 //!
 //! This module owns the *when* and *how* of degrading; the store calls it around every Redis
 //! call. Redis is given a time budget per decision (connection checkout included); an error or
@@ -8,7 +7,6 @@
 //! the policy at once. Then one request probes Redis (the others keep answering by policy);
 //! success closes the breaker, failure opens it for another cool-down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -168,50 +166,6 @@ impl Breaker {
     }
 }
 
-/// Lets one warning through per interval, and counts the ones it holds back.
-#[derive(Debug)]
-pub(crate) struct WarnLimiter {
-    origin: Instant,
-    interval: Duration,
-    /// Nanoseconds after `origin` at which the next warning may be logged.
-    next: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl WarnLimiter {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Self {
-            origin: Instant::now(),
-            interval,
-            next: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(number of warnings suppressed since the last one)` if this one may be logged.
-    pub(crate) fn permit(&self) -> Option<u64> {
-        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let next = self.next.load(Ordering::Relaxed);
-        let interval = u64::try_from(self.interval.as_nanos()).unwrap_or(u64::MAX);
-        if now >= next
-            && self
-                .next
-                .compare_exchange(
-                    next,
-                    now.saturating_add(interval),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,15 +213,5 @@ mod tests {
         // The probe's caller was cancelled and never reports back.
         std::thread::sleep(Duration::from_millis(25));
         assert_eq!(breaker.admit(budget), Admission::Probe);
-    }
-
-    #[test]
-    fn warnings_are_rate_limited() {
-        let limiter = WarnLimiter::new(Duration::from_secs(60));
-        assert_eq!(limiter.permit(), Some(0));
-        assert_eq!(limiter.permit(), None);
-        assert_eq!(limiter.permit(), None);
-        let limiter = WarnLimiter::new(Duration::ZERO);
-        assert_eq!(limiter.permit(), Some(0));
     }
 }

@@ -13,14 +13,14 @@ use futures_util::future::join_all;
 use parking_lot::Mutex;
 use redis::cluster_routing::Slot;
 use tollgate_core::{
-    Algorithm, Check, Clock, Decision, Decisions, MemoryStore, Nanos, Outcome, Quota, Replay, Rule,
-    Store, SystemClock,
+    Algorithm, Check, Clock, Decision, Decisions, LogThrottle, MemoryStore, Nanos, Outcome, Quota,
+    Replay, Rule, Store, SystemClock,
 };
 
 use crate::connection::RedisConnection;
 use crate::deny_cache::DenyCache;
 use crate::error::RedisStoreError;
-use crate::policy::{Admission, Breaker, BreakerConfig, FailurePolicy, WarnLimiter};
+use crate::policy::{Admission, Breaker, BreakerConfig, FailurePolicy};
 use crate::script::{self, Call, Mode, ReplayArg, Reply, Target};
 use crate::stats::{bump, Counters, RedisStoreStats};
 
@@ -90,7 +90,7 @@ struct Inner {
     clock: LocalClock,
     explicit: bool,
     counters: Counters,
-    warn: WarnLimiter,
+    warn: LogThrottle,
 }
 
 /// A shareable clock.
@@ -232,7 +232,7 @@ impl RedisStoreBuilder {
                 clock,
                 explicit,
                 counters: Counters::default(),
-                warn: WarnLimiter::new(self.warn_interval),
+                warn: LogThrottle::new(self.warn_interval),
             }),
         }
     }
