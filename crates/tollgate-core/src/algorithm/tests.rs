@@ -1,4 +1,8 @@
-//! Every algorithm against a simple reference model, on random arrivals.
+//! Every algorithm against a simple reference model, on random arrivals; then the same with a
+//! clock that steps back, and one unit test per "clock went back" branch of the window
+//! algorithms.
+
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -80,7 +84,7 @@ fn quotas() -> impl Strategy<Value = Quota> {
         ],
     )
         .prop_filter_map("rate too high", |(limit, period)| {
-            Quota::new(limit, std::time::Duration::from_nanos(period)).ok()
+            Quota::new(limit, Duration::from_nanos(period)).ok()
         })
         .prop_flat_map(|q| (Just(q), bursts(q.limit())))
         .prop_filter_map("burst too large", |(q, burst)| q.with_burst(burst).ok())
@@ -149,12 +153,12 @@ fn assert_retry_after_exact<M: StateMachine>(
     Ok(())
 }
 
-fn nanos(d: std::time::Duration) -> u64 {
+fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap()
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
     fn gcra_is_a_token_bucket_of_burst_tokens((quota, arrivals) in quota_and_arrivals(Algorithm::Gcra)) {
@@ -299,7 +303,7 @@ proptest! {
 /// Shifts a decision's waits by `by` nanoseconds: the answer at `now` when the algorithm decides
 /// as if at `now + by`.
 fn waits_longer_by(decision: Decision, by: u64) -> Decision {
-    let by = std::time::Duration::from_nanos(by);
+    let by = Duration::from_nanos(by);
     Decision {
         reset_after: decision.reset_after + by,
         retry_after: decision.retry_after.map(|w| w + by),
@@ -413,13 +417,10 @@ proptest! {
     }
 }
 
-/// 1 s windows, aligned on [`START`]; `ms(x)` is `x` ms after it (negative: before).
+/// `x` ms after [`START`] (negative: before). `START` is a whole second, so the 1 s windows of
+/// the unit tests below start on every `ms(k * 1_000)`.
 fn ms(x: i64) -> Nanos {
     START.checked_add_signed(x * 1_000_000).unwrap()
-}
-
-fn secs(nanos: u64) -> std::time::Duration {
-    std::time::Duration::from_nanos(nanos)
 }
 
 /// The branch `Some(s) if s.window_end > now` of `FixedWindow::decide` with `window_end` more than
@@ -437,7 +438,7 @@ fn fixed_window_denies_by_a_later_windows_count_and_waits_for_its_end() {
     assert!(admitted.allowed);
     assert_eq!(
         (admitted.remaining, admitted.reset_after),
-        (0, secs(3_000_000_000))
+        (0, Duration::from_millis(3_000))
     );
     let next = next.unwrap();
     assert_eq!(
@@ -451,7 +452,7 @@ fn fixed_window_denies_by_a_later_windows_count_and_waits_for_its_end() {
     let (denied, none) = FixedWindow::decide(Some(&next), now, &quota, 1);
     assert!(!denied.allowed && none.is_none());
     assert_eq!(denied.remaining, 0);
-    assert_eq!(denied.retry_after, Some(secs(3_000_000_000)));
+    assert_eq!(denied.retry_after, Some(Duration::from_millis(3_000)));
     assert!(
         !FixedWindow::decide(Some(&next), ms(999), &quota, 1)
             .0
@@ -492,7 +493,10 @@ fn sliding_log_counts_and_orders_entries_ahead_of_a_clock_that_went_back() {
     // Back to 200 ms: between the two entries. The newest (800 ms) still sets the reset.
     let d = step(&mut state, ms(200), 1);
     assert!(d.allowed);
-    assert_eq!((d.remaining, d.reset_after), (1, secs(1_600_000_000)));
+    assert_eq!(
+        (d.remaining, d.reset_after),
+        (1, Duration::from_millis(1_600))
+    );
     let d = step(&mut state, ms(200), 1);
     assert_eq!((d.allowed, d.remaining), (true, 0));
     let log = state.clone().unwrap();
@@ -504,8 +508,16 @@ fn sliding_log_counts_and_orders_entries_ahead_of_a_clock_that_went_back() {
     let d = step(&mut state, ms(-500), 1);
     assert!(!d.allowed);
     assert_eq!(d.remaining, 0);
-    assert_eq!(d.reset_after, secs(2_300_000_000), "until 800 ms + 1 s");
-    assert_eq!(d.retry_after, Some(secs(1_500_000_000)), "until 0 ms + 1 s");
+    assert_eq!(
+        d.reset_after,
+        Duration::from_millis(2_300),
+        "until 800 ms + 1 s"
+    );
+    assert_eq!(
+        d.retry_after,
+        Some(Duration::from_millis(1_500)),
+        "until 0 ms + 1 s"
+    );
     assert!(!SlidingLog::decide(Some(&log), ms(999), &quota, 1).0.allowed);
     assert!(
         SlidingLog::decide(Some(&log), ms(1_000), &quota, 1)
@@ -514,7 +526,7 @@ fn sliding_log_counts_and_orders_entries_ahead_of_a_clock_that_went_back() {
     );
     // A request of 2 waits for the 200 ms entry too.
     let d = step(&mut state, ms(-500), 2);
-    assert_eq!(d.retry_after, Some(secs(1_700_000_000)));
+    assert_eq!(d.retry_after, Some(Duration::from_millis(1_700)));
 }
 
 /// `SlidingWindow::decide`'s branch `Some((end, s)) if end > now` with now before the current
@@ -538,7 +550,10 @@ fn sliding_window_before_its_current_window_counts_the_previous_one_in_full() {
     let now = ms(500);
     let (d, next) = SlidingWindow::decide(Some(&state), now, &quota, 3);
     assert!(d.allowed);
-    assert_eq!((d.remaining, d.reset_after), (0, secs(2_500_000_000)));
+    assert_eq!(
+        (d.remaining, d.reset_after),
+        (0, Duration::from_millis(2_500))
+    );
     let next = next.unwrap();
     assert_eq!(
         next,
@@ -553,12 +568,15 @@ fn sliding_window_before_its_current_window_counts_the_previous_one_in_full() {
     // Full: room 10 - 6 - 1 = 3 of the previous 4, i.e. once 3/4 of a period is left, at 1.25 s.
     let (denied, none) = SlidingWindow::decide(Some(&next), now, &quota, 1);
     assert!(!denied.allowed && none.is_none());
-    assert_eq!(denied.retry_after, Some(secs(750_000_000)));
-    assert_eq!(denied.reset_after, secs(2_500_000_000));
+    assert_eq!(denied.retry_after, Some(Duration::from_millis(750)));
+    assert_eq!(denied.reset_after, Duration::from_millis(2_500));
     // Too much for this window (6 + 5 > 10): the next one, where the 6 are the previous count.
     let (denied, _) = SlidingWindow::decide(Some(&next), now, &quota, 5);
     // ceil(6 * left / 1 s) <= 5 once left <= 5/6 s, i.e. at 2 s + 1/6 s.
-    assert_eq!(denied.retry_after, Some(secs(1_666_666_667)));
+    assert_eq!(
+        denied.retry_after,
+        Some(Duration::from_nanos(1_666_666_667))
+    );
 }
 
 #[test]
@@ -567,12 +585,8 @@ fn arithmetic_holds_at_the_extremes() {
     for quota in [
         Quota::per_day(1).unwrap(),
         Quota::per_second(1_000_000_000).unwrap(),
-        Quota::new(
-            1_000_000_000,
-            std::time::Duration::from_nanos(MAX_PERIOD_NANOS),
-        )
-        .unwrap(),
-        Quota::new(1, std::time::Duration::from_nanos(MAX_PERIOD_NANOS)).unwrap(),
+        Quota::new(1_000_000_000, Duration::from_nanos(MAX_PERIOD_NANOS)).unwrap(),
+        Quota::new(1, Duration::from_nanos(MAX_PERIOD_NANOS)).unwrap(),
     ] {
         for algorithm in Algorithm::ALL {
             let first = decide_empty(algorithm, now, &quota, algorithm.capacity(&quota));
