@@ -348,11 +348,15 @@ proptest! {
                     prop_assert_eq!(*decision, waits_longer_by(at_start, start - now));
                     prop_assert_eq!(decision.allowed, s.count + cost <= quota.limit());
                 }
-                // Now's own window (or one the state has left behind): as without a step back.
+                // Now is in the state's window: as without a step back.
                 Some(s) if s.window_end > *now => {
-                    prop_assert_eq!(decision.allowed, s.count + cost <= quota.limit());
+                    let admit = s.count + cost <= quota.limit();
+                    prop_assert_eq!(decision.allowed, admit);
+                    let used = if admit { s.count + cost } else { s.count };
+                    prop_assert_eq!(decision.remaining, quota.limit() - used);
                     prop_assert_eq!(nanos(decision.reset_after), s.window_end - now);
                 }
+                // The state's window has ended (or there is none): a fresh window.
                 _ => {
                     prop_assert!(decision.allowed);
                     prop_assert_eq!(nanos(decision.reset_after), period - now % period);
@@ -408,7 +412,10 @@ proptest! {
                 // with the waits running from now.
                 let (at_start, next_at_start) = SlidingWindow::decide(Some(s), start, &quota, *cost);
                 prop_assert_eq!(*decision, waits_longer_by(at_start, start - now));
-                prop_assert_eq!(decision.allowed, s.previous + s.current + cost <= quota.limit());
+                let admit = s.previous + s.current + cost <= quota.limit();
+                prop_assert_eq!(decision.allowed, admit);
+                let used = s.previous + s.current + if admit { *cost } else { 0 };
+                prop_assert_eq!(decision.remaining, quota.limit().saturating_sub(used));
                 let (_, next) = SlidingWindow::decide(Some(s), *now, &quota, *cost);
                 prop_assert_eq!(next, next_at_start);
             }
