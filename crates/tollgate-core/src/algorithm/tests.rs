@@ -1,24 +1,36 @@
-//! Every algorithm against a simple reference model, on random arrivals.
+//! Every algorithm against a simple reference model, on random arrivals; then the same with a
+//! clock that steps back, and one unit test per "clock went back" branch of the window
+//! algorithms.
+
+use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::*;
 use crate::quota::MAX_PERIOD_NANOS;
 
-/// Runs arrivals `(gap since previous, cost)` through a machine from an empty state, checking
-/// on the way that `check` and `commit` (what stores use) agree with `decide` (the spec).
+/// Runs arrivals `(step since the previous arrival, cost)` through a machine from an empty
+/// state; a negative step is the clock going back. Checks on the way that `commit` and `check`
+/// (what stores use) agree with `decide` (the spec).
+///
+/// Only the sliding log overrides `check`, so for the other three `check = decide` holds by
+/// construction: the comparison is there so that a future override is covered from its first
+/// day. The sliding log's override is what it tests today (with every strategy below, including
+/// a clock that steps back), on the request's cost and on the probes a store sends (0 and 1).
 fn simulate<M: StateMachine>(
     quota: &Quota,
-    arrivals: &[(u64, u64)],
+    arrivals: &[(i64, u64)],
 ) -> Vec<(Nanos, u64, Decision, Option<M::State>)>
 where
     M::State: PartialEq + std::fmt::Debug,
 {
     let mut state: Option<M::State> = None;
-    let mut now: Nanos = 1_700_000_000_000_000_000;
+    let mut now: Nanos = START;
     let mut out = Vec::new();
-    for &(gap, cost) in arrivals {
-        now += gap;
+    for &(step, cost) in arrivals {
+        now = now
+            .checked_add_signed(step)
+            .expect("arrivals stay near START");
         let (decision, next) = M::decide(state.as_ref(), now, quota, cost);
         assert_eq!(
             decision.allowed,
@@ -30,7 +42,7 @@ where
             assert_eq!(
                 M::check(state.as_ref(), now, quota, probe),
                 expected,
-                "check = decide"
+                "check = decide (cost {probe})"
             );
         }
         let mut in_place = state.clone();
@@ -46,40 +58,76 @@ where
     out
 }
 
-/// A quota with a period of 1 ns to 10 s (often a whole number of ms) and a limit it can hold.
+/// Where every simulation starts: a whole second, so windows of whole milliseconds align on it.
+const START: Nanos = 1_700_000_000_000_000_000;
+
+/// A limit: mostly small, so that a hundred arrivals reach it and cross window boundaries full,
+/// sometimes large (up to 10,000), where costs and intervals are far from 1.
+fn limits() -> impl Strategy<Value = u64> {
+    prop_oneof![3 => 1u64..=20, 1 => 21u64..=10_000]
+}
+
+/// A burst for `limit`: GCRA accepts any (the window algorithms ignore it), so from 1 to four
+/// times the limit, with the edges (1, the limit) drawn on purpose.
+fn bursts(limit: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![Just(1), Just(limit), 1..=limit, limit..=limit * 4,]
+}
+
+/// A quota with a period of 1 ns to 10 s (often a whole number of ms), a limit it can hold, and a
+/// burst below, at or above the limit.
 fn quotas() -> impl Strategy<Value = Quota> {
     (
-        1u64..=20,
+        limits(),
         prop_oneof![
             1u64..=10_000_000_000,
             (1u64..=10_000).prop_map(|m| m * 1_000_000)
         ],
     )
         .prop_filter_map("rate too high", |(limit, period)| {
-            Quota::new(limit, std::time::Duration::from_nanos(period)).ok()
+            Quota::new(limit, Duration::from_nanos(period)).ok()
         })
+        .prop_flat_map(|q| (Just(q), bursts(q.limit())))
+        .prop_filter_map("burst too large", |(q, burst)| q.with_burst(burst).ok())
 }
 
-/// Arrivals whose gaps are on the scale of the quota's interval, and costs within capacity.
-fn arrivals(quota: Quota, capacity: u64) -> impl Strategy<Value = Vec<(u64, u64)>> {
-    let interval = quota.interval_nanos();
-    let gap = prop_oneof![
-        Just(0u64),
-        0..=interval * 2,
-        0..=quota.period_nanos() * 2,
-        Just(interval),
+/// Costs within `capacity`: often 1 (a large limit is then reached only slowly), sometimes a
+/// random share of it, sometimes all of it.
+fn costs(capacity: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![Just(1), 1..=capacity.min(3), 1..=capacity, Just(capacity)]
+}
+
+/// Arrivals moving forwards, with gaps on the scale of the quota's interval and period.
+fn arrivals(quota: Quota, capacity: u64) -> impl Strategy<Value = Vec<(i64, u64)>> {
+    prop::collection::vec((forward(quota), costs(capacity)), 1..120)
+}
+
+fn forward(quota: Quota) -> impl Strategy<Value = i64> {
+    let interval = quota.interval_nanos() as i64;
+    let period = quota.period_nanos() as i64;
+    prop_oneof![Just(0), 0..=interval * 2, 0..=period * 2, Just(interval)]
+}
+
+/// Arrivals where one step in five goes back, by up to three periods: a clock that is not
+/// monotonic (or stores fed by several clocks). Forward steps are as in [`arrivals`], so that
+/// the state is in use when the clock goes back.
+fn arrivals_stepping_back(quota: Quota, capacity: u64) -> impl Strategy<Value = Vec<(i64, u64)>> {
+    let interval = quota.interval_nanos() as i64;
+    let period = quota.period_nanos() as i64;
+    let step = prop_oneof![
+        4 => forward(quota),
+        1 => prop_oneof![1..=interval * 2, 1..=period * 3].prop_map(|back| -back),
     ];
-    prop::collection::vec((gap, 1..=capacity), 1..120)
+    prop::collection::vec((step, costs(capacity)), 1..120)
 }
 
-fn quota_and_arrivals(algorithm: Algorithm) -> impl Strategy<Value = (Quota, Vec<(u64, u64)>)> {
-    quotas()
-        .prop_flat_map(|q| (Just(q), 1..=q.limit()))
-        .prop_filter_map("burst", |(q, burst)| q.with_burst(burst).ok())
-        .prop_flat_map(move |q| {
-            let capacity = algorithm.capacity(&q);
-            (Just(q), arrivals(q, capacity))
-        })
+fn quota_and_arrivals(algorithm: Algorithm) -> impl Strategy<Value = (Quota, Vec<(i64, u64)>)> {
+    quotas().prop_flat_map(move |q| (Just(q), arrivals(q, algorithm.capacity(&q))))
+}
+
+fn quota_and_arrivals_stepping_back(
+    algorithm: Algorithm,
+) -> impl Strategy<Value = (Quota, Vec<(i64, u64)>)> {
+    quotas().prop_flat_map(move |q| (Just(q), arrivals_stepping_back(q, algorithm.capacity(&q))))
 }
 
 /// Waiting exactly `retry_after` after a denial is admitted; one nanosecond less is not.
@@ -89,7 +137,7 @@ fn assert_retry_after_exact<M: StateMachine>(
 ) -> Result<(), TestCaseError> {
     for (now, cost, decision, before) in runs {
         if let Some(wait) = decision.retry_after {
-            let wait = wait.as_nanos() as u64;
+            let wait = nanos(wait);
             prop_assert!(!decision.allowed && wait > 0);
             let (later, _) = M::decide(before.as_ref(), now + wait, quota, *cost);
             prop_assert!(
@@ -105,11 +153,15 @@ fn assert_retry_after_exact<M: StateMachine>(
     Ok(())
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap()
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn gcra_is_a_token_bucket((quota, arrivals) in quota_and_arrivals(Algorithm::Gcra)) {
+    fn gcra_is_a_token_bucket_of_burst_tokens((quota, arrivals) in quota_and_arrivals(Algorithm::Gcra)) {
         let runs = simulate::<Gcra>(&quota, &arrivals);
         // Reference: a bucket of burst * T nanoseconds of credit, refilled one per nanosecond.
         let t = quota.interval_nanos();
@@ -125,7 +177,10 @@ proptest! {
                 level -= cost * t;
                 admitted.push((*now, *cost));
             }
+            prop_assert_eq!(decision.limit, quota.burst());
             prop_assert_eq!(decision.remaining, level / t);
+            // Until the bucket is full again.
+            prop_assert_eq!(nanos(decision.reset_after), full - level);
         }
         // Never more than burst + elapsed / interval between any two admissions.
         for (i, (ti, _)) in admitted.iter().enumerate() {
@@ -139,7 +194,7 @@ proptest! {
     }
 
     #[test]
-    fn fixed_window_never_exceeds_the_limit_per_window(
+    fn fixed_window_admits_the_limit_per_window_and_resets_on_its_end(
         (quota, arrivals) in quota_and_arrivals(Algorithm::FixedWindow)
     ) {
         let runs = simulate::<FixedWindow>(&quota, &arrivals);
@@ -152,26 +207,37 @@ proptest! {
             if admit {
                 *used += cost;
             }
+            prop_assert_eq!(decision.limit, quota.limit());
             prop_assert_eq!(decision.remaining, quota.limit() - *used);
-            prop_assert_eq!(decision.reset_after.as_nanos() as u64, period - now % period);
+            prop_assert_eq!(nanos(decision.reset_after), period - now % period);
         }
         assert_retry_after_exact::<FixedWindow>(&quota, &runs)?;
     }
 
     #[test]
-    fn sliding_log_never_exceeds_the_limit_in_any_window(
+    fn sliding_log_admits_the_limit_in_any_window_and_resets_when_the_newest_leaves(
         (quota, arrivals) in quota_and_arrivals(Algorithm::SlidingLog)
     ) {
         let runs = simulate::<SlidingLog>(&quota, &arrivals);
         let period = quota.period_nanos();
         let mut admitted: Vec<(Nanos, u64)> = Vec::new();
         for (now, cost, decision, _) in &runs {
-            let used: u64 = admitted.iter().filter(|(at, _)| at + period > *now).map(|(_, c)| c).sum();
+            let live = |admitted: &[(Nanos, u64)]| -> Vec<(Nanos, u64)> {
+                admitted.iter().copied().filter(|(at, _)| at + period > *now).collect()
+            };
+            let used: u64 = live(&admitted).iter().map(|(_, c)| c).sum();
             let admit = used + cost <= quota.limit();
             prop_assert_eq!(decision.allowed, admit);
             if admit {
                 admitted.push((*now, *cost));
             }
+            let in_window = live(&admitted);
+            let used_after: u64 = in_window.iter().map(|(_, c)| c).sum();
+            prop_assert_eq!(decision.limit, quota.limit());
+            prop_assert_eq!(decision.remaining, quota.limit().saturating_sub(used_after));
+            // Until the newest entry in the window leaves it; zero for an empty window.
+            let reset = in_window.iter().map(|(at, _)| at + period - now).max().unwrap_or(0);
+            prop_assert_eq!(nanos(decision.reset_after), reset, "at {}", now);
         }
         // In any window (t - period, t] ending at an admission: at most `limit`.
         for (t, _) in &admitted {
@@ -206,11 +272,318 @@ proptest! {
             if admit {
                 admitted.push((*now, *cost));
             }
+            let current = sum_in(&admitted, window);
             // Never more than the limit in one fixed window.
-            prop_assert!(sum_in(&admitted, window) <= quota.limit());
+            prop_assert!(current <= quota.limit());
+            prop_assert_eq!(decision.limit, quota.limit());
+            prop_assert_eq!(decision.remaining, quota.limit().saturating_sub(weighted + current));
+            // Until the estimate is back to zero: the end of the next window while the current
+            // one holds a count, else the end of this one while the previous one does.
+            let window_end = (window + 1) * period;
+            let reset = if current > 0 {
+                window_end + period - now
+            } else if previous > 0 {
+                window_end - now
+            } else {
+                0
+            };
+            prop_assert_eq!(nanos(decision.reset_after), reset, "at {}", now);
         }
         assert_retry_after_exact::<SlidingWindow>(&quota, &runs)?;
     }
+}
+
+// # A clock that goes back
+//
+// A `now` earlier than the instants in the stored state (a clock stepped back, or stores fed by
+// several clocks). The documented behaviour: no panic and no underflow, never admitting more than
+// the state allows (what was admitted "in the future" still counts), and a denial's `retry_after`
+// is still above zero and exact.
+
+/// Shifts a decision's waits by `by` nanoseconds: the answer at `now` when the algorithm decides
+/// as if at `now + by`.
+fn waits_longer_by(decision: Decision, by: u64) -> Decision {
+    let by = Duration::from_nanos(by);
+    Decision {
+        reset_after: decision.reset_after + by,
+        retry_after: decision.retry_after.map(|w| w + by),
+        ..decision
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn gcra_counts_what_is_ahead_of_a_clock_that_steps_back(
+        (quota, arrivals) in quota_and_arrivals_stepping_back(Algorithm::Gcra)
+    ) {
+        let runs = simulate::<Gcra>(&quota, &arrivals);
+        let t = quota.interval_nanos();
+        for (now, cost, decision, before) in &runs {
+            // Everything committed ahead of now is in use, however far ahead.
+            let used = before.map_or(0, |s| s.tat.saturating_sub(*now));
+            let admit = used + cost * t <= quota.burst() * t;
+            prop_assert_eq!(decision.allowed, admit, "at {}", now);
+            let used = if admit { used + cost * t } else { used };
+            prop_assert_eq!(decision.remaining, (quota.burst() * t - used.min(quota.burst() * t)) / t);
+            prop_assert_eq!(nanos(decision.reset_after), used);
+        }
+        assert_retry_after_exact::<Gcra>(&quota, &runs)?;
+    }
+
+    #[test]
+    fn fixed_window_keeps_a_later_windows_count_when_the_clock_steps_back(
+        (quota, arrivals) in quota_and_arrivals_stepping_back(Algorithm::FixedWindow)
+    ) {
+        let runs = simulate::<FixedWindow>(&quota, &arrivals);
+        let period = quota.period_nanos();
+        for (now, cost, decision, before) in &runs {
+            match before {
+                // The state's window is later than now's: decided as at that window's start,
+                // with the waits running from now.
+                Some(s) if s.window_end - period > *now => {
+                    let start = s.window_end - period;
+                    let (at_start, _) = FixedWindow::decide(Some(s), start, &quota, *cost);
+                    prop_assert_eq!(*decision, waits_longer_by(at_start, start - now));
+                    prop_assert_eq!(decision.allowed, s.count + cost <= quota.limit());
+                }
+                // Now is in the state's window: as without a step back.
+                Some(s) if s.window_end > *now => {
+                    let admit = s.count + cost <= quota.limit();
+                    prop_assert_eq!(decision.allowed, admit);
+                    let used = if admit { s.count + cost } else { s.count };
+                    prop_assert_eq!(decision.remaining, quota.limit() - used);
+                    prop_assert_eq!(nanos(decision.reset_after), s.window_end - now);
+                }
+                // The state's window has ended (or there is none): a fresh window.
+                _ => {
+                    prop_assert!(decision.allowed);
+                    prop_assert_eq!(nanos(decision.reset_after), period - now % period);
+                }
+            }
+        }
+        assert_retry_after_exact::<FixedWindow>(&quota, &runs)?;
+    }
+
+    #[test]
+    fn sliding_log_counts_entries_ahead_of_a_clock_that_steps_back(
+        (quota, arrivals) in quota_and_arrivals_stepping_back(Algorithm::SlidingLog)
+    ) {
+        let runs = simulate::<SlidingLog>(&quota, &arrivals);
+        let period = quota.period_nanos();
+        // Reference: what the log holds, unsorted. An entry counts while `at + period > now`,
+        // so one ahead of now counts; expired entries are dropped when a request is admitted.
+        let mut log: Vec<(Nanos, u64)> = Vec::new();
+        for (now, cost, decision, before) in &runs {
+            let live: Vec<(Nanos, u64)> =
+                log.iter().copied().filter(|(at, _)| at + period > *now).collect();
+            let used: u64 = live.iter().map(|(_, c)| c).sum();
+            let admit = used + cost <= quota.limit();
+            prop_assert_eq!(decision.allowed, admit, "at {}", now);
+            if admit {
+                log = live;
+                log.push((*now, *cost));
+            }
+            let in_window: Vec<_> = log.iter().filter(|(at, _)| at + period > *now).collect();
+            let used_after: u64 = in_window.iter().map(|(_, c)| c).sum();
+            prop_assert_eq!(decision.remaining, quota.limit().saturating_sub(used_after));
+            let reset = in_window.iter().map(|(at, _)| at + period - now).max().unwrap_or(0);
+            prop_assert_eq!(nanos(decision.reset_after), reset, "at {}", now);
+            // The stored log stays sorted, whatever order the entries came in.
+            if let Some(s) = before {
+                prop_assert!(s.entries.iter().zip(s.entries.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+            }
+        }
+        assert_retry_after_exact::<SlidingLog>(&quota, &runs)?;
+    }
+
+    #[test]
+    fn sliding_window_weighs_the_previous_window_in_full_before_the_current_one_starts(
+        (quota, arrivals) in quota_and_arrivals_stepping_back(Algorithm::SlidingWindow)
+    ) {
+        let runs = simulate::<SlidingWindow>(&quota, &arrivals);
+        let period = quota.period_nanos();
+        for (now, cost, decision, before) in &runs {
+            let Some(s) = before else { continue };
+            let start = s.expires_at - 2 * period;
+            if *now < start {
+                // Decided as at the current window's start (the previous count weighs in full),
+                // with the waits running from now.
+                let (at_start, next_at_start) = SlidingWindow::decide(Some(s), start, &quota, *cost);
+                prop_assert_eq!(*decision, waits_longer_by(at_start, start - now));
+                let admit = s.previous + s.current + cost <= quota.limit();
+                prop_assert_eq!(decision.allowed, admit);
+                let used = s.previous + s.current + if admit { *cost } else { 0 };
+                prop_assert_eq!(decision.remaining, quota.limit().saturating_sub(used));
+                let (_, next) = SlidingWindow::decide(Some(s), *now, &quota, *cost);
+                prop_assert_eq!(next, next_at_start);
+            }
+        }
+        assert_retry_after_exact::<SlidingWindow>(&quota, &runs)?;
+    }
+}
+
+/// `x` ms after [`START`] (negative: before). `START` is a whole second, so the 1 s windows of
+/// the unit tests below start on every `ms(k * 1_000)`.
+fn ms(x: i64) -> Nanos {
+    START.checked_add_signed(x * 1_000_000).unwrap()
+}
+
+/// The branch `Some(s) if s.window_end > now` of `FixedWindow::decide` with `window_end` more than
+/// a period after now.
+#[test]
+fn fixed_window_denies_by_a_later_windows_count_and_waits_for_its_end() {
+    let quota = Quota::per_second(3).unwrap();
+    let (_, state) = FixedWindow::decide(None, ms(500), &quota, 2);
+    let state = state.unwrap();
+    assert_eq!(state.window_end, ms(1_000));
+
+    // 2.5 s back: the window of ms(-2_000) would start empty; the stored count still holds.
+    let now = ms(-2_000);
+    let (admitted, next) = FixedWindow::decide(Some(&state), now, &quota, 1);
+    assert!(admitted.allowed);
+    assert_eq!(
+        (admitted.remaining, admitted.reset_after),
+        (0, Duration::from_millis(3_000))
+    );
+    let next = next.unwrap();
+    assert_eq!(
+        next,
+        FixedWindowState {
+            window_end: ms(1_000),
+            count: 3
+        }
+    );
+
+    let (denied, none) = FixedWindow::decide(Some(&next), now, &quota, 1);
+    assert!(!denied.allowed && none.is_none());
+    assert_eq!(denied.remaining, 0);
+    assert_eq!(denied.retry_after, Some(Duration::from_millis(3_000)));
+    assert!(
+        !FixedWindow::decide(Some(&next), ms(999), &quota, 1)
+            .0
+            .allowed
+    );
+    assert!(
+        FixedWindow::decide(Some(&next), ms(1_000), &quota, 1)
+            .0
+            .allowed
+    );
+}
+
+/// `SlidingLog`'s branches for entries ahead of now: `live` keeps them, the new entry is inserted
+/// in order (`partition_point`, before a later entry; merged with an equal one), `reset_after`
+/// runs to the newest entry's exit, and a denial waits for the oldest entries to leave; in
+/// `decide`, `check` (`.max(now)`) and `commit`.
+#[test]
+fn sliding_log_counts_and_orders_entries_ahead_of_a_clock_that_went_back() {
+    let quota = Quota::per_second(4).unwrap();
+    let mut state = None;
+    let step = |state: &mut Option<SlidingLogState>, at: Nanos, cost: u64| {
+        let (decision, next) = SlidingLog::decide(state.as_ref(), at, &quota, cost);
+        assert_eq!(
+            SlidingLog::check(state.as_ref(), at, &quota, cost),
+            decision
+        );
+        let mut in_place = state.clone();
+        let fresh = SlidingLog::commit(in_place.as_mut(), at, &quota, cost);
+        if let Some(next) = next {
+            *state = Some(next);
+        }
+        assert_eq!(in_place.or(fresh), *state, "commit = decide");
+        decision
+    };
+    assert!(step(&mut state, ms(0), 1).allowed);
+    assert!(step(&mut state, ms(800), 1).allowed);
+
+    // Back to 200 ms: between the two entries. The newest (800 ms) still sets the reset.
+    let d = step(&mut state, ms(200), 1);
+    assert!(d.allowed);
+    assert_eq!(
+        (d.remaining, d.reset_after),
+        (1, Duration::from_millis(1_600))
+    );
+    let d = step(&mut state, ms(200), 1);
+    assert_eq!((d.allowed, d.remaining), (true, 0));
+    let log = state.clone().unwrap();
+    let entries: Vec<_> = log.entries.iter().copied().collect();
+    assert_eq!(entries, [(ms(0), 1), (ms(200), 2), (ms(800), 1)]);
+    assert_eq!((log.total, log.expires_at), (4, ms(1_800)));
+
+    // Back to -500 ms, before every entry: all four count, so the log is full.
+    let d = step(&mut state, ms(-500), 1);
+    assert!(!d.allowed);
+    assert_eq!(d.remaining, 0);
+    assert_eq!(
+        d.reset_after,
+        Duration::from_millis(2_300),
+        "until 800 ms + 1 s"
+    );
+    assert_eq!(
+        d.retry_after,
+        Some(Duration::from_millis(1_500)),
+        "until 0 ms + 1 s"
+    );
+    assert!(!SlidingLog::decide(Some(&log), ms(999), &quota, 1).0.allowed);
+    assert!(
+        SlidingLog::decide(Some(&log), ms(1_000), &quota, 1)
+            .0
+            .allowed
+    );
+    // A request of 2 waits for the 200 ms entry too.
+    let d = step(&mut state, ms(-500), 2);
+    assert_eq!(d.retry_after, Some(Duration::from_millis(1_700)));
+}
+
+/// `SlidingWindow::decide`'s branch `Some((end, s)) if end > now` with now before the current
+/// window's start (`now.max(start)` picks the start), and `earliest_admission` from there.
+#[test]
+fn sliding_window_before_its_current_window_counts_the_previous_one_in_full() {
+    let quota = Quota::per_second(10).unwrap();
+    let (_, s) = SlidingWindow::decide(None, ms(100), &quota, 4);
+    let (_, s) = SlidingWindow::decide(s.as_ref(), ms(1_200), &quota, 3);
+    let state = s.unwrap();
+    assert_eq!(
+        state,
+        SlidingWindowState {
+            expires_at: ms(3_000),
+            previous: 4,
+            current: 3
+        }
+    );
+
+    // Back to 500 ms, before the current window (1 s to 2 s): the previous 4 weigh in full.
+    let now = ms(500);
+    let (d, next) = SlidingWindow::decide(Some(&state), now, &quota, 3);
+    assert!(d.allowed);
+    assert_eq!(
+        (d.remaining, d.reset_after),
+        (0, Duration::from_millis(2_500))
+    );
+    let next = next.unwrap();
+    assert_eq!(
+        next,
+        SlidingWindowState {
+            expires_at: ms(3_000),
+            previous: 4,
+            current: 6
+        }
+    );
+    assert_eq!(SlidingWindow::check(Some(&state), now, &quota, 3), d);
+
+    // Full: room 10 - 6 - 1 = 3 of the previous 4, i.e. once 3/4 of a period is left, at 1.25 s.
+    let (denied, none) = SlidingWindow::decide(Some(&next), now, &quota, 1);
+    assert!(!denied.allowed && none.is_none());
+    assert_eq!(denied.retry_after, Some(Duration::from_millis(750)));
+    assert_eq!(denied.reset_after, Duration::from_millis(2_500));
+    // Too much for this window (6 + 5 > 10): the next one, where the 6 are the previous count.
+    let (denied, _) = SlidingWindow::decide(Some(&next), now, &quota, 5);
+    // ceil(6 * left / 1 s) <= 5 once left <= 5/6 s, i.e. at 2 s + 1/6 s.
+    assert_eq!(
+        denied.retry_after,
+        Some(Duration::from_nanos(1_666_666_667))
+    );
 }
 
 #[test]
@@ -219,12 +592,8 @@ fn arithmetic_holds_at_the_extremes() {
     for quota in [
         Quota::per_day(1).unwrap(),
         Quota::per_second(1_000_000_000).unwrap(),
-        Quota::new(
-            1_000_000_000,
-            std::time::Duration::from_nanos(MAX_PERIOD_NANOS),
-        )
-        .unwrap(),
-        Quota::new(1, std::time::Duration::from_nanos(MAX_PERIOD_NANOS)).unwrap(),
+        Quota::new(1_000_000_000, Duration::from_nanos(MAX_PERIOD_NANOS)).unwrap(),
+        Quota::new(1, Duration::from_nanos(MAX_PERIOD_NANOS)).unwrap(),
     ] {
         for algorithm in Algorithm::ALL {
             let first = decide_empty(algorithm, now, &quota, algorithm.capacity(&quota));
