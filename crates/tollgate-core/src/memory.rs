@@ -67,7 +67,7 @@ use crate::store::{Check, Replay, Store};
 /// split evenly between the shards; [`max_keys`](MemoryStoreBuilder::max_keys) changes it, and
 /// `max_keys(usize::MAX)` removes it.
 ///
-/// A shard that is full when a new key arrives evicts one key, in O(1): it samples up to 8 keys
+/// A shard that is full when a new key arrives evicts one key, in O(1) time: it samples up to 8 keys
 /// of each algorithm's map from random buckets and evicts the one whose state expires soonest,
 /// ties going to the least used (a window's count). It does not sweep for it: sweeping keeps
 /// its amortised schedule, so the work per insert stays a small constant however fast keys
@@ -100,7 +100,7 @@ pub struct MemoryStore<C: Clock = SystemClock> {
 struct Inner<C> {
     shards: Box<[Shard]>,
     clock: C,
-    /// Most keys one shard may hold (`usize::MAX` when uncapped).
+    /// Most keys one shard may hold (beyond any memory with `max_keys(usize::MAX)`).
     shard_capacity: usize,
 }
 
@@ -148,7 +148,7 @@ const MIN_SWEEP_INSERTS: usize = 256;
 /// Keys sampled from each algorithm's map when a full shard must evict one.
 const EVICTION_SAMPLE: usize = 8;
 /// Most buckets an eviction probes per map to find its sample: a bound on the work even in a
-/// map left sparse (at least a quarter full after a sweep, so usually 8 keys in about 30).
+/// map left sparse. Sweeps keep maps at least a quarter full, so 8 keys take 16 to 32 probes.
 const EVICTION_PROBES: usize = 8 * EVICTION_SAMPLE;
 
 /// What a store's housekeeping has done since it was built; see [`MemoryStore::stats`].
@@ -161,7 +161,7 @@ pub struct MemoryStats {
     pub inserts: u64,
     /// Keys evicted because their shard was full: non-zero means the cap was reached.
     pub evictions: u64,
-    /// Entries visited by sweeps.
+    /// Entries visited by sweeps, and by the rare rebuilds that clear a table's tombstones.
     pub swept: u64,
     /// Buckets probed by evictions to find their samples.
     pub probed: u64,
@@ -620,7 +620,8 @@ impl<S> Table<S> {
             return 0;
         }
         let hasher = &self.hasher;
-        let old = std::mem::replace(&mut self.map, hashbrown::HashTable::with_capacity(len));
+        // `room` keys fit in exactly this many buckets: the table keeps its size.
+        let old = std::mem::replace(&mut self.map, hashbrown::HashTable::with_capacity(room));
         for entry in old {
             self.map
                 .insert_unique(hasher.hash_one(entry.0), entry, |e| hasher.hash_one(e.0));
