@@ -10,8 +10,8 @@ use tollgate_core::{Check, Key, ManualClock, MemoryStats, MemoryStore, Quota, Ru
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 
-/// Half again the default cap, so every shard fills and then evicts for a third of the flood.
-const KEYS: u64 = MemoryStore::DEFAULT_MAX_KEYS as u64 * 3 / 2;
+/// A quarter more than the default cap: every shard fills, then evicts for the rest of the flood.
+const KEYS: u64 = MemoryStore::DEFAULT_MAX_KEYS as u64 * 5 / 4;
 /// Bytes per GCRA key the footprint test allows at a million keys.
 const BYTES_PER_KEY: usize = 64;
 
