@@ -10,19 +10,19 @@
 //! 16-byte digest plus an 8-byte instant, 24 bytes in the map plus one control byte, about
 //! 28–56 bytes per key once the map's load factor is counted (measured: see the crate README).
 //! State that can no longer affect a decision is reclaimed without the user calling anything:
-//! every shard sweeps itself after as many inserts as it holds keys (amortised O(1) per insert),
-//! and, when the store is built inside a Tokio runtime, a background task holding only a weak
-//! reference sweeps every shard each [`sweep_interval`](MemoryStoreBuilder::sweep_interval) and
-//! stops when the store is dropped.
+//! every shard sweeps itself after inserting half as many keys as it holds (amortised O(1) per
+//! insert, whether or not the shard is full), and, when the store is built inside a Tokio
+//! runtime, a background task holding only a weak reference sweeps every shard each
+//! [`sweep_interval`](MemoryStoreBuilder::sweep_interval) and stops when the store is dropped.
 //!
 //! # Capacity
 //!
-//! With [`max_keys`](MemoryStoreBuilder::max_keys), a shard that is full when a new key arrives
-//! first sweeps, then evicts, among a sample of up to 8 of its keys, the one whose state expires
-//! soonest. An evicted key starts afresh: the cap trades exactness for bounded memory under a
-//! flood of distinct keys, and forgives the keys closest to being forgiven anyway.
+//! Capped by default ([`MemoryStore::DEFAULT_MAX_KEYS`]); a full shard evicts from a sample of
+//! [`EVICTION_SAMPLE`] keys per map, drawn from random buckets, and does not sweep for it. What
+//! that forgives, and what a flood of distinct keys can do with it, is documented on
+//! [`MemoryStore`] (its "Capacity" section), where users read it.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -57,6 +57,41 @@ use crate::store::{Check, Replay, Store};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
+///
+/// # Capacity
+///
+/// Distinct keys can arrive faster than they expire (a flood of random IPs or tokens), so the
+/// store holds at most [`DEFAULT_MAX_KEYS`](Self::DEFAULT_MAX_KEYS) (1,048,576) keys by
+/// default: about 52 MB of GCRA state when full (50 bytes per key, measured by the `key_flood`
+/// test), more for the other algorithms (a sliding log's key grows with its limit). The cap is
+/// split evenly between the shards; [`max_keys`](MemoryStoreBuilder::max_keys) changes it, and
+/// `max_keys(usize::MAX)` removes it.
+///
+/// A shard that is full when a new key arrives evicts one key, in O(1) time: it samples up to 8 keys
+/// of each algorithm's map from random buckets and evicts the one whose state expires soonest,
+/// ties going to the least used (a window's count). It does not sweep for it: sweeping keeps
+/// its amortised schedule, so the work per insert stays a small constant however fast keys
+/// arrive ([`stats`](Self::stats) counts it).
+///
+/// An evicted key starts afresh: the cap trades exactness for bounded memory, and forgives the
+/// keys closest to being forgiven anyway. What a flood of distinct keys can do with it:
+///
+/// - **GCRA** (the default): while a key is being denied, its state expires later than that of
+///   any key of the same rule charged only once (for any limit of 2 or more), so such a flood is
+///   evicted before it. It can be evicted only if every key sampled with it expires later
+///   still: keys used as heavily, or keys of a rule with a longer emission interval.
+/// - **Fixed window, sliding-window counter**: keys charged in the same window expire together,
+///   and the tie goes to the least used, so a key at its limit outlives the flood's one-request
+///   keys of its window.
+/// - A sliding-window key denied only by its previous window's count, and a **sliding log**
+///   whose last admitted request is older than the flood, expire soonest, so they can be
+///   evicted once sampled: with `n` keys per shard, after `n / 8` evictions in their shard on
+///   average. At the default cap that takes filling the store with a million live keys, then
+///   about 130,000 more distinct keys on average (each a fresh bucket the attacker could have
+///   used directly) to reset one such key once; a reset forgives at most one window's limit.
+///
+/// Keys are spread over shards by their keyed digest, so a flood cannot aim at one shard unless
+/// the [`KeySecret`](crate::KeySecret) is known: keep your own secret.
 #[derive(Clone)]
 pub struct MemoryStore<C: Clock = SystemClock> {
     inner: Arc<Inner<C>>,
@@ -65,7 +100,7 @@ pub struct MemoryStore<C: Clock = SystemClock> {
 struct Inner<C> {
     shards: Box<[Shard]>,
     clock: C,
-    /// Most keys one shard may hold (`usize::MAX` when uncapped).
+    /// Most keys one shard may hold (beyond any memory with `max_keys(usize::MAX)`).
     shard_capacity: usize,
 }
 
@@ -76,7 +111,14 @@ struct Shard(Mutex<Tables>);
 /// The map key: the rule-scoped digest as two words, so a GCRA slot is 24 bytes (a `u128` key
 /// would be 16-byte aligned and make it 32).
 type Slot = [u64; 2];
-type Table<S> = HashMap<Slot, S, foldhash::fast::RandomState>;
+
+/// One algorithm's states by slot: a hash map that can also sample its entries from a random
+/// bucket, which `std`'s `HashMap` cannot (its iteration always starts at the first bucket).
+struct Table<S> {
+    map: hashbrown::HashTable<(Slot, S)>,
+    /// Seeded per table: with the public default key secret, slots could be chosen by a client.
+    hasher: foldhash::fast::RandomState,
+}
 
 #[derive(Default)]
 struct Tables {
@@ -90,6 +132,9 @@ struct Tables {
     sliding_log: Table<SlidingLogState>,
     replays: Table<ReplayRecord>,
     inserts_since_sweep: usize,
+    /// Picks the bucket eviction samples from; unknown outside the process.
+    random: u64,
+    work: MemoryStats,
 }
 
 #[derive(Clone, Copy)]
@@ -100,12 +145,36 @@ struct ReplayRecord {
 
 /// Fewest inserts between two amortised sweeps of a shard.
 const MIN_SWEEP_INSERTS: usize = 256;
-/// Keys sampled when a full shard must evict one.
+/// Keys sampled from each algorithm's map when a full shard must evict one.
 const EVICTION_SAMPLE: usize = 8;
+/// Most buckets an eviction probes per map to find its sample: a bound on the work even in a
+/// map left sparse. Sweeps keep maps at least a quarter full, so 8 keys take 16 to 32 probes.
+const EVICTION_PROBES: usize = 8 * EVICTION_SAMPLE;
+
+/// What a store's housekeeping has done since it was built; see [`MemoryStore::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryStats {
+    /// Keys held now: rule states and idempotency records.
+    pub keys: usize,
+    /// States and records written for a key not held.
+    pub inserts: u64,
+    /// Keys evicted because their shard was full: non-zero means the cap was reached.
+    pub evictions: u64,
+    /// Entries visited by sweeps, and by the rare rebuilds that clear a table's tombstones.
+    pub swept: u64,
+    /// Buckets probed by evictions to find their samples.
+    pub probed: u64,
+}
 
 impl MemoryStore<SystemClock> {
-    /// A store with the system clock, 64 shards, no key cap, and a background sweep every 10 s
-    /// when built inside a Tokio runtime.
+    /// The default [`max_keys`](MemoryStoreBuilder::max_keys): 2^20 keys, about 52 MB of GCRA
+    /// state; see the [store's documentation](MemoryStore#capacity).
+    pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
+
+    /// A store with the system clock, 64 shards, a cap of
+    /// [`DEFAULT_MAX_KEYS`](Self::DEFAULT_MAX_KEYS), and a background sweep every 10 s when
+    /// built inside a Tokio runtime.
     pub fn new() -> Self {
         Self::builder().build()
     }
@@ -115,7 +184,7 @@ impl MemoryStore<SystemClock> {
         MemoryStoreBuilder {
             clock: SystemClock::new(),
             shards: 64,
-            max_keys: None,
+            max_keys: Self::DEFAULT_MAX_KEYS,
             sweep_interval: Some(Duration::from_secs(10)),
         }
     }
@@ -132,7 +201,7 @@ impl Default for MemoryStore<SystemClock> {
 pub struct MemoryStoreBuilder<C> {
     clock: C,
     shards: usize,
-    max_keys: Option<usize>,
+    max_keys: usize,
     sweep_interval: Option<Duration>,
 }
 
@@ -153,10 +222,22 @@ impl<C: Clock> MemoryStoreBuilder<C> {
         self
     }
 
-    /// Caps the number of keys held (rule states and idempotency records together); see the
-    /// module documentation for the eviction rule. Default: no cap.
+    /// Caps the number of keys held, rule states and idempotency records together (default
+    /// [`MemoryStore::DEFAULT_MAX_KEYS`], 1,048,576). A shard at its share of the cap evicts,
+    /// among a sample of its keys, the one whose state expires soonest: see the
+    /// [store's documentation](MemoryStore#capacity) for what that forgives. `usize::MAX`
+    /// removes the cap, leaving memory to grow as long as distinct keys arrive faster than they
+    /// expire.
+    ///
+    /// ```
+    /// use tollgate_core::MemoryStore;
+    ///
+    /// let small = MemoryStore::builder().max_keys(10_000).build();
+    /// let uncapped = MemoryStore::builder().max_keys(usize::MAX).build();
+    /// # drop((small, uncapped));
+    /// ```
     pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = Some(max_keys.max(1));
+        self.max_keys = max_keys.max(1);
         self
     }
 
@@ -169,11 +250,15 @@ impl<C: Clock> MemoryStoreBuilder<C> {
 
     /// Builds the store, and starts the background sweep if a Tokio runtime is running.
     pub fn build(self) -> MemoryStore<C> {
-        let shard_capacity = self
-            .max_keys
-            .map_or(usize::MAX, |max| max.div_ceil(self.shards));
+        let shard_capacity = self.max_keys.div_ceil(self.shards);
+        let seeds = foldhash::fast::RandomState::default();
         let shards = (0..self.shards)
-            .map(|_| Shard(Mutex::new(Tables::default())))
+            .map(|i| {
+                Shard(Mutex::new(Tables {
+                    random: seeds.hash_one(i),
+                    ..Tables::default()
+                }))
+            })
             .collect();
         let inner = Arc::new(Inner {
             shards,
@@ -213,6 +298,22 @@ impl<C: Clock> MemoryStore<C> {
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// What the store's housekeeping has done: keys held, inserted and evicted, and the work
+    /// sweeps and evictions did for it, which stays a small constant per insert (about two
+    /// entries swept, and a few dozen buckets probed per eviction) however keys arrive.
+    pub fn stats(&self) -> MemoryStats {
+        let mut total = MemoryStats::default();
+        for shard in self.inner.shards.iter() {
+            let tables = shard.0.lock();
+            total.keys += tables.len();
+            total.inserts += tables.work.inserts;
+            total.evictions += tables.work.evictions;
+            total.swept += tables.work.swept;
+            total.probed += tables.work.probed;
+        }
+        total
     }
 
     /// Decides a request synchronously; [`Store::check`] without the future.
@@ -432,6 +533,155 @@ stored!(FixedWindow, fixed_window);
 stored!(SlidingWindow, sliding_window);
 stored!(SlidingLog, sliding_log);
 
+/// The next of a splitmix64 sequence: cheap, and enough that a client cannot tell which
+/// buckets the next eviction samples.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let z = (*state ^ (*state >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// How soon a state stops mattering, then how much it holds: the smallest is evicted first.
+/// Window states charged in one window expire together, so their counts break the tie.
+type Rank = (Nanos, u64);
+
+fn gcra_rank(s: &GcraState) -> Rank {
+    (Gcra::expires_at(s), 0)
+}
+fn fixed_window_rank(s: &FixedWindowState) -> Rank {
+    (FixedWindow::expires_at(s), s.count)
+}
+fn sliding_window_rank(s: &SlidingWindowState) -> Rank {
+    (
+        SlidingWindow::expires_at(s),
+        s.previous.saturating_add(s.current),
+    )
+}
+fn sliding_log_rank(s: &SlidingLogState) -> Rank {
+    (SlidingLog::expires_at(s), s.total)
+}
+fn replay_rank(r: &ReplayRecord) -> Rank {
+    (r.expires_at, 0)
+}
+
+impl<S> Default for Table<S> {
+    fn default() -> Self {
+        Self {
+            map: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+impl<S> Table<S> {
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn get(&self, slot: &Slot) -> Option<&S> {
+        let hash = self.hasher.hash_one(slot);
+        self.map.find(hash, |(k, _)| k == slot).map(|(_, s)| s)
+    }
+
+    fn get_mut(&mut self, slot: &Slot) -> Option<&mut S> {
+        let hash = self.hasher.hash_one(slot);
+        self.map.find_mut(hash, |(k, _)| k == slot).map(|(_, s)| s)
+    }
+
+    /// Writes a slot's state, replacing any. Returns the entries visited to make room.
+    fn insert(&mut self, slot: Slot, state: S) -> usize {
+        let visited = self.clear_tombstones();
+        let hasher = &self.hasher;
+        let hash = hasher.hash_one(slot);
+        match self
+            .map
+            .entry(hash, |(k, _)| *k == slot, |(k, _)| hasher.hash_one(k))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut held) => held.get_mut().1 = state,
+            hashbrown::hash_table::Entry::Vacant(free) => drop(free.insert((slot, state))),
+        }
+        visited
+    }
+
+    /// Removals leave tombstones that use up the table's room, and once it is used up
+    /// `hashbrown` doubles any table more than 7/16 full: at a steady size (a full shard
+    /// evicting one key per insert) that would double its memory. Rebuilding at the same size
+    /// instead leaves at least a quarter of the room free, so it happens at most once per
+    /// `len / 3` inserts. Returns the entries visited.
+    fn clear_tombstones(&mut self) -> usize {
+        let (len, buckets) = (self.map.len(), self.map.num_buckets());
+        let room = if buckets < 8 {
+            buckets - 1
+        } else {
+            buckets / 8 * 7
+        };
+        if len < self.map.capacity() || len >= room / 4 * 3 {
+            return 0;
+        }
+        let hasher = &self.hasher;
+        // `room` keys fit in exactly this many buckets: the table keeps its size.
+        let old = std::mem::replace(&mut self.map, hashbrown::HashTable::with_capacity(room));
+        for entry in old {
+            self.map
+                .insert_unique(hasher.hash_one(entry.0), entry, |e| hasher.hash_one(e.0));
+        }
+        len
+    }
+
+    /// Keeps the states `live` accepts, and gives back the memory of a table left mostly empty.
+    /// Returns the number of entries visited.
+    fn retain(&mut self, live: impl Fn(&S) -> bool) -> usize {
+        let visited = self.map.len();
+        self.map.retain(|(_, s)| live(s));
+        // Hysteresis: shrink only well below capacity, so a steady load does not rehash.
+        if self.map.len() < self.map.capacity() / 4 {
+            let hasher = &self.hasher;
+            let len = self.map.len();
+            self.map.shrink_to(len * 2, |(k, _)| hasher.hash_one(k));
+        }
+        visited
+    }
+
+    /// Among up to [`EVICTION_SAMPLE`] entries found in up to [`EVICTION_PROBES`] random
+    /// buckets (more, until one is found, if `until_found`), the lowest-ranked with its bucket.
+    /// Adds the buckets probed to `probed`.
+    ///
+    /// Buckets are drawn independently, and ties go to the lowest slot, so every entry is as
+    /// likely to go whatever its neighbours. Sampling the entries that follow one random bucket
+    /// would favour entries after a gap, and so grow the gaps until samples find nothing.
+    fn lowest(
+        &self,
+        random: &mut u64,
+        rank: fn(&S) -> Rank,
+        until_found: bool,
+        probed: &mut u64,
+    ) -> Option<((Rank, Slot), usize)> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let buckets = self.map.num_buckets() as u64;
+        let (mut lowest, mut found, mut probes) = (None::<((Rank, Slot), usize)>, 0, 0);
+        while found < EVICTION_SAMPLE && (probes < EVICTION_PROBES || (until_found && found == 0)) {
+            probes += 1;
+            let bucket = (splitmix(random) % buckets) as usize;
+            if let Some((slot, state)) = self.map.get_bucket(bucket) {
+                let candidate = ((rank(state), *slot), bucket);
+                lowest = Some(lowest.map_or(candidate, |l| l.min(candidate)));
+                found += 1;
+            }
+        }
+        *probed += probes as u64;
+        lowest
+    }
+
+    fn remove_bucket(&mut self, bucket: usize) {
+        if let Ok(entry) = self.map.get_bucket_entry(bucket) {
+            entry.remove();
+        }
+    }
+}
+
 /// Calls the generic function `$f::<M>` with the state machine `M` of an [`Algorithm`].
 macro_rules! with_machine {
     ($algorithm:expr, $f:ident($($arg:expr),*)) => {
@@ -538,64 +788,76 @@ impl Tables {
         state: S,
     ) {
         self.inserts_since_sweep += 1;
-        let len = self.len();
-        if self.inserts_since_sweep >= (len / 2).max(MIN_SWEEP_INSERTS) {
+        self.work.inserts += 1;
+        // A sweep visits every key once per `len / 2` inserts, full or not: at most two visits
+        // per insert. A full shard between sweeps evicts from a sample, in O(1).
+        if self.inserts_since_sweep >= (self.len() / 2).max(MIN_SWEEP_INSERTS) {
             self.sweep(now);
         }
         if self.len() >= capacity {
-            self.sweep(now);
-            if self.len() >= capacity {
-                self.evict_one();
-            }
+            self.evict_one();
         }
-        table(self).insert(slot, state);
+        let visited = table(self).insert(slot, state);
+        self.work.swept += visited as u64;
     }
 
     /// Drops every state that can no longer affect a decision, and gives back the memory of
     /// tables left mostly empty.
     fn sweep(&mut self, now: Nanos) {
-        fn sweep_table<S>(table: &mut Table<S>, live: impl Fn(&S) -> bool) {
-            table.retain(|_, s| live(s));
-            // Hysteresis: shrink only well below capacity, so a steady load does not rehash.
-            if table.len() < table.capacity() / 4 {
-                table.shrink_to(table.len() * 2);
-            }
-        }
-        sweep_table(&mut self.gcra, |s| Gcra::expires_at(s) > now);
-        sweep_table(&mut self.fixed_window, |s| FixedWindow::expires_at(s) > now);
-        sweep_table(&mut self.sliding_window, |s| {
-            SlidingWindow::expires_at(s) > now
-        });
-        sweep_table(&mut self.sliding_log, |s| SlidingLog::expires_at(s) > now);
-        sweep_table(&mut self.replays, |r| r.expires_at > now);
+        let swept = self.gcra.retain(|s| Gcra::expires_at(s) > now)
+            + self
+                .fixed_window
+                .retain(|s| FixedWindow::expires_at(s) > now)
+            + self
+                .sliding_window
+                .retain(|s| SlidingWindow::expires_at(s) > now)
+            + self.sliding_log.retain(|s| SlidingLog::expires_at(s) > now)
+            + self.replays.retain(|r| r.expires_at > now);
+        self.work.swept += swept as u64;
         self.inserts_since_sweep = 0;
     }
 
-    /// Evicts, among a sample of keys, the one whose state expires soonest.
+    /// Evicts, among a sample of keys from each table, the one whose state expires soonest
+    /// (ties: the least used).
     fn evict_one(&mut self) {
-        fn sample<S>(t: &Table<S>, expiry: impl Fn(&S) -> Nanos) -> Option<(Nanos, Slot)> {
-            t.iter()
-                .take(EVICTION_SAMPLE)
-                .map(|(k, s)| (expiry(s), *k))
-                .min()
-        }
-        let candidates = [
-            sample(&self.gcra, Gcra::expires_at).map(|c| (c, 0)),
-            sample(&self.fixed_window, FixedWindow::expires_at).map(|c| (c, 1)),
-            sample(&self.sliding_window, SlidingWindow::expires_at).map(|c| (c, 2)),
-            sample(&self.sliding_log, SlidingLog::expires_at).map(|c| (c, 3)),
-            sample(&self.replays, |r| r.expires_at).map(|c| (c, 4)),
+        // A sparse table may yield nothing in its probes; the largest one is searched on until
+        // it does, so a full shard always evicts. It holds at least a fifth of the shard's keys.
+        let lens = [
+            self.gcra.len(),
+            self.fixed_window.len(),
+            self.sliding_window.len(),
+            self.sliding_log.len(),
+            self.replays.len(),
         ];
-        let Some(((_, slot), table)) = candidates.into_iter().flatten().min() else {
+        let largest = (0..lens.len()).max_by_key(|&i| lens[i]).unwrap_or(0);
+        let on = |table| table == largest;
+        let (r, p) = (&mut self.random, &mut self.work.probed);
+        let candidates = [
+            self.gcra.lowest(r, gcra_rank, on(0), p).map(|c| (c, 0)),
+            self.fixed_window
+                .lowest(r, fixed_window_rank, on(1), p)
+                .map(|c| (c, 1)),
+            self.sliding_window
+                .lowest(r, sliding_window_rank, on(2), p)
+                .map(|c| (c, 2)),
+            self.sliding_log
+                .lowest(r, sliding_log_rank, on(3), p)
+                .map(|c| (c, 3)),
+            self.replays
+                .lowest(r, replay_rank, on(4), p)
+                .map(|c| (c, 4)),
+        ];
+        let Some(((_, bucket), table)) = candidates.into_iter().flatten().min() else {
             return;
         };
         match table {
-            0 => drop(self.gcra.remove(&slot)),
-            1 => drop(self.fixed_window.remove(&slot)),
-            2 => drop(self.sliding_window.remove(&slot)),
-            3 => drop(self.sliding_log.remove(&slot)),
-            _ => drop(self.replays.remove(&slot)),
+            0 => self.gcra.remove_bucket(bucket),
+            1 => self.fixed_window.remove_bucket(bucket),
+            2 => self.sliding_window.remove_bucket(bucket),
+            3 => self.sliding_log.remove_bucket(bucket),
+            _ => self.replays.remove_bucket(bucket),
         }
+        self.work.evictions += 1;
     }
 }
 
@@ -642,6 +904,34 @@ mod tests {
         fn now_after(&self, seen: Nanos) -> Nanos {
             self.0.now().max(seen)
         }
+    }
+
+    /// A full shard evicting one key per insert keeps its table's size: the tombstones its
+    /// removals leave are cleared at that size, not by doubling the table.
+    #[test]
+    fn a_full_shard_under_churn_keeps_its_table_size() {
+        let store = MemoryStore::builder()
+            .clock(ManualClock::new(1_700_000_000_000_000_000))
+            .shards(1)
+            .max_keys(4096)
+            .sweep_interval(None)
+            .build();
+        let rule = Rule::builder("r", Quota::per_minute(10).unwrap())
+            .build()
+            .unwrap();
+        let buckets = || store.inner.shards[0].0.lock().gcra.map.num_buckets();
+        let mut full = 0;
+        for i in 0u64..100_000 {
+            let key = Key::from_u128(
+                u128::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835),
+            );
+            assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+            if i == 4096 {
+                full = buckets();
+            }
+        }
+        assert_eq!(store.len(), 4096);
+        assert_eq!(buckets(), full, "the table grew from {full} buckets");
     }
 
     /// A reading behind one a shard has already seen reads as time standing still, on the

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use tollgate_core::conformance::BASE;
-use tollgate_core::{Check, KeySecret, ManualClock, MemoryStore, Quota, Rule};
+use tollgate_core::{Algorithm, Check, KeySecret, ManualClock, MemoryStore, Quota, Rule};
 
 const KEYS: u64 = 1_000_000;
 
@@ -93,4 +93,73 @@ fn a_key_cap_bounds_the_store_under_a_flood_of_distinct_keys() {
         "the cap is used, not undershot: {}",
         store.len()
     );
+}
+
+/// Eviction forgives what matters least: a flood of keys charged once each never evicts a key
+/// that is at its limit, for the algorithms whose state says so (see `MemoryStore`'s
+/// "Capacity" section for the sliding log).
+#[test]
+fn a_key_at_its_limit_outlives_a_flood_of_one_request_keys() {
+    for algorithm in [
+        Algorithm::Gcra,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+    ] {
+        let store = MemoryStore::builder()
+            .clock(ManualClock::new(BASE))
+            .shards(2)
+            .max_keys(1_000)
+            .sweep_interval(None)
+            .build();
+        let rule = Rule::builder("per_client", Quota::per_minute(10).unwrap())
+            .algorithm(algorithm)
+            .build()
+            .unwrap();
+        let abuser = [Check {
+            rule: &rule,
+            key: KeySecret::DEFAULT.key().part(b"abuser").finish(),
+        }];
+        while store.check_now(&abuser, None).allowed {}
+        for i in 0u64..50_000 {
+            let key = KeySecret::DEFAULT.key().part(&i.to_le_bytes()).finish();
+            assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+        }
+        assert!(
+            store.stats().evictions >= 49_000,
+            "{algorithm:?}: the cap was hit: {:?}",
+            store.stats()
+        );
+        assert!(
+            !store.check_now(&abuser, None).allowed,
+            "{algorithm:?}: the flood reset the abuser's bucket"
+        );
+    }
+}
+
+/// A full shard evicts the soonest-expiring key of its sample, whichever algorithm holds it.
+#[test]
+fn eviction_picks_the_soonest_expiring_key_across_algorithms() {
+    let store = MemoryStore::builder()
+        .clock(ManualClock::new(BASE))
+        .shards(1)
+        .max_keys(2)
+        .sweep_interval(None)
+        .build();
+    let hourly = Rule::builder("hourly", Quota::per_hour(2).unwrap())
+        .build()
+        .unwrap();
+    let per_second = Rule::builder("per_second", Quota::per_second(2).unwrap())
+        .algorithm(Algorithm::FixedWindow)
+        .build()
+        .unwrap();
+    let key = |name: &[u8]| KeySecret::DEFAULT.key().part(name).finish();
+    let (a, b, c) = (key(b"a"), key(b"b"), key(b"c"));
+    let check = |rule, key| store.check_now(&[Check { rule, key }], None).decisions[0];
+    assert_eq!(check(&hourly, a).remaining, 1);
+    assert_eq!(check(&per_second, b).remaining, 1);
+    // Full: `c` evicts `b`, whose window ends within a second, not `a`, held for half an hour.
+    assert_eq!(check(&hourly, c).remaining, 1);
+    assert_eq!(store.stats().evictions, 1);
+    assert_eq!(check(&hourly, a).remaining, 0, "a was kept");
+    assert_eq!(check(&per_second, b).remaining, 1, "b started afresh");
 }

@@ -211,10 +211,7 @@ impl RedisStoreBuilder {
         );
         let fallback = match self.policy {
             FailurePolicy::Fallback { instances } => Some(Fallback {
-                store: MemoryStore::builder()
-                    .clock(clock.clone())
-                    .max_keys(1 << 20)
-                    .build(),
+                store: MemoryStore::builder().clock(clock.clone()).build(),
                 instances: instances.max(1),
                 rules: Mutex::new(HashMap::new()),
             }),
