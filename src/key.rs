@@ -676,3 +676,168 @@ mod tests {
         );
     }
 }
+
+/// Properties of everything here that reads request bytes. `fuzz_` in every name, so that
+/// `PROPTEST_CASES=200000 cargo test -p tollgate --lib fuzz_` runs them all for long.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+    use tollgate_core::KeySecret;
+
+    /// Form-encodes `bytes`, choosing per byte (from `how`) among the spellings that decode to
+    /// it: itself when it is safe, `%XX` in either case, `+` for a space.
+    fn encode(bytes: &[u8], how: &[u8]) -> String {
+        let mut out = String::new();
+        for (i, &b) in bytes.iter().enumerate() {
+            let pick = how.get(i % how.len().max(1)).copied().unwrap_or(0);
+            let safe = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            match (pick % 3, b) {
+                (0, b' ') => out.push('+'),
+                (0, _) if safe => out.push(char::from(b)),
+                (1, _) => out.push_str(&format!("%{b:02x}")),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+
+    /// Bytes a header value may hold.
+    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => 0x20u8..=0x7e,
+                1 => 0x80u8..=0xff,
+                1 => prop::sample::select(b" \t,;=\"Bb".to_vec()),
+            ],
+            0..max,
+        )
+    }
+
+    fn digest<V: AsRef<[u8]>>(values: impl IntoIterator<Item = V>) -> Option<tollgate_core::Key> {
+        let mut key = KeySecret::DEFAULT.key().part(b"tag");
+        push_values(&mut key, values).then(|| key.finish())
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_decode_round_trips(value in prop::collection::vec(any::<u8>(), 0..64), how in prop::collection::vec(any::<u8>(), 1..8)) {
+            let encoded = encode(&value, &how);
+            let decoded = decode(encoded.as_bytes());
+            prop_assert_eq!(decoded.as_ref(), &value[..]);
+        }
+
+        #[test]
+        fn fuzz_decode_never_panics(raw in prop::collection::vec(any::<u8>(), 0..64)) {
+            let decoded = decode(&raw);
+            // Decoding never grows a value, and what has no escape is left alone.
+            prop_assert!(decoded.len() <= raw.len());
+            if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+                prop_assert_eq!(decoded.as_ref(), &raw[..]);
+            }
+        }
+
+        /// Whatever surrounds it and however it is encoded, a parameter is found, decoded.
+        #[test]
+        fn fuzz_query_values_find_every_copy(
+            name in "[a-z_]{1,8}",
+            values in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 1..4),
+            others in prop::collection::vec(("[a-z]{1,8}", "[ -~]{0,8}"), 0..4),
+            how in prop::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let mut pairs: Vec<String> = others
+                .iter()
+                .filter(|(n, _)| *n != name)
+                .map(|(n, v)| format!("{n}={}", encode(v.as_bytes(), &how)))
+                .collect();
+            for value in &values {
+                pairs.push(format!("{}={}", encode(name.as_bytes(), &how), encode(value, &how)));
+            }
+            let query = pairs.join("&");
+            let found: Vec<Vec<u8>> = query_values(&query, &name).map(Cow::into_owned).collect();
+            prop_assert_eq!(&found, &values);
+            let non_empty: Vec<&Vec<u8>> = values.iter().filter(|v| !v.is_empty()).collect();
+            prop_assert_eq!(digest(query_values(&query, &name)).is_some(), !non_empty.is_empty());
+        }
+
+        #[test]
+        fn fuzz_query_values_never_panic(query in "\\PC{0,64}|[a-z_=&%+0-9A-F]{0,64}", name in "\\PC{0,8}") {
+            let _ = digest(query_values(&query, &name));
+        }
+
+        /// Any `Authorization` and `x-api-key` lines: no panic, and the part is present exactly
+        /// when some line has a non-empty value.
+        #[test]
+        fn fuzz_header_parts_never_panic(lines in prop::collection::vec(header_bytes(48), 0..5)) {
+            let name = HeaderName::from_static("x-api-key");
+            let mut h = HeaderMap::new();
+            for line in &lines {
+                let value = HeaderValue::from_bytes(line).unwrap();
+                h.append(AUTHORIZATION, value.clone());
+                h.append(&name, value);
+            }
+            let any_value = lines.iter().any(|l| !l.trim_ascii().is_empty());
+            prop_assert_eq!(digest(header_values(&h, &name)).is_some(), any_value);
+            prop_assert_eq!(header_value(&h, &name).is_some(), lines.first().is_some_and(|l| !l.trim_ascii().is_empty()));
+            let tokens: Vec<&[u8]> = bearer_tokens(&h).collect();
+            for token in &tokens {
+                prop_assert_eq!(token.trim_ascii(), *token);
+            }
+            prop_assert_eq!(digest(tokens.iter()).is_some(), tokens.iter().any(|t| !t.is_empty()));
+        }
+
+        /// Order, repeats and empty copies never change a part's identity; one distinct value
+        /// is that value's own.
+        #[test]
+        fn fuzz_repeats_are_a_set(
+            values in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..6), 0..6),
+            seed in any::<prop::sample::Index>(),
+        ) {
+            let mut shuffled = values.clone();
+            shuffled.rotate_left(seed.index(values.len().max(1)).min(values.len()));
+            shuffled.extend(values.iter().take(2).cloned());
+            shuffled.push(Vec::new());
+            prop_assert_eq!(digest(&values), digest(&shuffled));
+            let mut distinct: Vec<&Vec<u8>> = values.iter().filter(|v| !v.is_empty()).collect();
+            distinct.sort();
+            distinct.dedup();
+            match distinct.as_slice() {
+                [] => prop_assert_eq!(digest(&values), None),
+                [one] => prop_assert_eq!(digest(&values), digest([one])),
+                [first, ..] => prop_assert_ne!(digest(&values), digest([first])),
+            }
+        }
+    }
+
+    /// A 100 KB header, bearer token or query value is one value like any other. Eight cases,
+    /// whatever `PROPTEST_CASES` says (a runner of its own): each moves 100 KB several times, and
+    /// more cases would show nothing new.
+    #[test]
+    fn fuzz_a_100_kb_value_is_a_key_part() {
+        let config = ProptestConfig {
+            cases: 8,
+            ..ProptestConfig::default()
+        };
+        let strategy = (0x21u8..=0x7e, prop::collection::vec(any::<u8>(), 1..8));
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let result = runner.run(&strategy, |(byte, how)| {
+            let big = vec![byte; 100 * 1024];
+            let mut h = HeaderMap::new();
+            let name = HeaderName::from_static("x-api-key");
+            h.append(&name, HeaderValue::from_bytes(&big).unwrap());
+            prop_assert_eq!(header_values(&h, &name).collect::<Vec<_>>(), [&big[..]]);
+            prop_assert_eq!(digest(header_values(&h, &name)), digest([&big]));
+            let mut bearer = b"Bearer ".to_vec();
+            bearer.extend_from_slice(&big);
+            h.append(AUTHORIZATION, HeaderValue::from_bytes(&bearer).unwrap());
+            prop_assert_eq!(bearer_tokens(&h).collect::<Vec<_>>(), [&big[..]]);
+            let query = format!("api_key=&api_key={}", encode(&big, &how));
+            prop_assert_eq!(digest(query_values(&query, "api_key")), digest([&big]));
+            Ok(())
+        });
+        if let Err(failure) = result {
+            panic!("{failure}");
+        }
+    }
+}
