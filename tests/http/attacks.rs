@@ -23,7 +23,7 @@ use axum::Router;
 use http::{Method, StatusCode};
 use tollgate::core::{MemoryStore, Quota, Rule};
 use tollgate::presets::vast::Vast;
-use tollgate::{ForwardedHeader, KeyPart, Limit, RateLimitLayer};
+use tollgate::{ForwardedHeader, Idempotency, KeyPart, Limit, RateLimitLayer};
 
 use crate::support::TestClient;
 
@@ -127,6 +127,7 @@ fn table() -> Vec<Attack> {
         duplicated_identity_parts(),
         odd_bytes_and_sizes(),
         identity_rotation(),
+        idempotency_tricks(),
     ]
     .into_iter()
     .flatten()
@@ -371,6 +372,57 @@ fn identity_rotation() -> Vec<Attack> {
         spend: (0..5).map(rotated).collect(),
         attacks: (5..15).map(rotated).collect(),
     }]
+}
+
+/// Idempotency-Keys: fresh, replayed, repeated on another path or past the replay cap, against
+/// a limit that does not honour replays (an abuse ceiling) and one that does (capped).
+fn idempotency_tricks() -> Vec<Attack> {
+    let keyed = |key: &str| Req::get("/").header("idempotency-key", key);
+    let ceiling = RateLimitLayer::builder()
+        .limit(Limit::new(one_per_minute("row")).key(KeyPart::client_ip()))
+        // Even with GETs replayable, a limit that does not honour replays charges them.
+        .idempotency(Idempotency::new().methods([Method::GET]))
+        .build()
+        .unwrap();
+    let honouring = RateLimitLayer::builder()
+        .limit(
+            Limit::new(
+                Rule::builder("row", Quota::per_minute(1).unwrap())
+                    .honour_replays(true)
+                    .build()
+                    .unwrap(),
+            )
+            .key(KeyPart::bearer_token()),
+        )
+        .idempotency(Idempotency::new().methods([Method::GET]).max_replays(2))
+        .build()
+        .unwrap();
+    let token = |req: Req| req.header("authorization", "Bearer t");
+    vec![
+        Attack {
+            name: "Idempotency-Keys against a limit that does not honour replays",
+            layer: ceiling,
+            spend: vec![keyed("k1")],
+            attacks: vec![
+                keyed("k1"),
+                keyed("k2"),
+                Req::get("/").lines("idempotency-key", ["k1", "k1"]),
+                Req::get("/").lines("idempotency-key", ["", "k1"]),
+                keyed("K1"),
+            ],
+        },
+        Attack {
+            name: "replays past the cap, on another path, with another key",
+            layer: honouring,
+            // Charged once, then its two free replays.
+            spend: vec![token(keyed("k1")), token(keyed("k1")), token(keyed("k1"))],
+            attacks: vec![
+                token(keyed("k1")),
+                token(keyed("k2")),
+                token(Req::get("/other").header("idempotency-key", "k1")),
+            ],
+        },
+    ]
 }
 
 #[tokio::test]
