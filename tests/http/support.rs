@@ -173,10 +173,34 @@ impl TestClient {
         path: &str,
         headers: &[(&str, &[u8])],
     ) -> Result<Reply, hyper_util::client::legacy::Error> {
+        self.try_send_body(method, path, headers, Bytes::new())
+            .await
+    }
+
+    /// [`send`](Self::send) with a body (sent with its `Content-Length`).
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &'static [u8],
+    ) -> Reply {
+        self.try_send_body(method, path, headers, Bytes::from_static(body))
+            .await
+            .unwrap()
+    }
+
+    async fn try_send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: Bytes,
+    ) -> Result<Reply, hyper_util::client::legacy::Error> {
         let mut request = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{}", self.addr, path))
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body))
             .unwrap();
         for (name, value) in headers {
             request.headers_mut().append(
