@@ -9,4 +9,5 @@ mod corruption;
 mod differential;
 mod faults;
 mod keyspace;
+mod realtime;
 mod shared;
