@@ -331,19 +331,20 @@ async fn replays_are_capped_free_and_counted_only_when_the_request_passes() {
     replay_cases(&store, &exhausted, k).await;
 }
 
-/// Keys whose Redis keys all lie on different Cluster slots.
+/// A key per rule, such that the rules' Redis keys all lie on different Cluster slots.
 async fn on_distinct_slots(
     admin: &mut MultiplexedConnection,
-    names: &[(&str, Box<dyn Fn(Key) -> String + '_>)],
+    store: &RedisStore,
+    rules: &[&Rule],
 ) -> Vec<Key> {
     let mut slots: Vec<u16> = Vec::new();
     let mut keys = Vec::new();
-    for (label, redis_key) in names {
+    for rule in rules {
         loop {
-            let k = key(label);
+            let k = key(rule.name());
             let slot: u16 = redis::cmd("CLUSTER")
                 .arg("KEYSLOT")
-                .arg(redis_key(k))
+                .arg(store.redis_key(rule, k))
                 .query_async(admin)
                 .await
                 .unwrap();
@@ -375,14 +376,7 @@ async fn cluster_refunds_and_replays_across_slots_on_redis_time() {
     for algorithm in Algorithm::ALL {
         let what = algorithm.name();
         let loose = rule(what, algorithm, Quota::per_hour(10).unwrap());
-        let keys = on_distinct_slots(
-            &mut node,
-            &[
-                ("tight", Box::new(|k| store.redis_key(&tight, k))),
-                ("loose", Box::new(|k| store.redis_key(&loose, k))),
-            ],
-        )
-        .await;
+        let keys = on_distinct_slots(&mut node, &store, &[&tight, &loose]).await;
         let (tight_key, loose_key) = (keys[0], keys[1]);
         let loose_redis = store.redis_key(&loose, loose_key);
         let tight_alone = [Check {
