@@ -29,7 +29,7 @@ LIST = os.path.join(ROOT, "scripts", "lua-mutants.txt")
 # The test modules that run on Redis's clock. Explicit-time tests (conformance, differential,
 # corruption) are left out on purpose: a mutant they alone kill is a mutant production would
 # not notice in its TTLs.
-FILTERS = ["realtime::", "keyspace::"]
+FILTERS = ["realtime::", "keyspace::", "http_keyspace::"]
 
 
 class ListError(Exception):

@@ -211,14 +211,14 @@ fn seed() -> u64 {
 }
 
 #[tokio::test]
-async fn the_script_decides_exactly_as_the_core() {
+async fn the_script_decides_exactly_as_the_core_in_explicit_time() {
     let redis = TestRedis::start().await;
     let connection = RedisConnection::connect(redis.url()).await.unwrap();
     differential(connection, seed(), 150, 40).await;
 }
 
 #[tokio::test]
-async fn the_cluster_decides_exactly_as_the_core() {
+async fn the_cluster_decides_exactly_as_the_core_in_explicit_time() {
     let cluster = TestCluster::start().await;
     let connection = RedisConnection::connect_cluster(cluster.urls())
         .await

@@ -4,8 +4,8 @@
 //! The explicit-time tests (conformance, differential) give every key a TTL of at least a
 //! minute, so they cannot see a key that expires too early or too late; these can. Each test
 //! either waits on Redis's clock (`redis_now`) or reads instants back from the stored state, so
-//! its margins come from the quota, not from how fast the machine is. `scripts/lua-mutants.sh`
-//! runs this module (and `keyspace`) against each mutation of the script.
+//! its margins come from the quota, not from how fast the machine is. `scripts/lua-mutants.py`
+//! runs this module (with `keyspace` and `http_keyspace`) against each mutation of the script.
 
 use std::time::{Duration, Instant};
 
@@ -52,13 +52,13 @@ fn rule(name: &str, algorithm: Algorithm, quota: Quota) -> Rule {
 }
 
 /// Redis's clock, in nanoseconds since the epoch.
-async fn redis_now(admin: &mut MultiplexedConnection) -> Nanos {
+pub(crate) async fn redis_now(admin: &mut MultiplexedConnection) -> Nanos {
     let (s, us): (u64, u64) = redis::cmd("TIME").query_async(admin).await.unwrap();
     s * 1_000_000_000 + us * 1_000
 }
 
 /// Sleeps until Redis's clock reads at least `at`.
-async fn sleep_until(admin: &mut MultiplexedConnection, at: Nanos) {
+pub(crate) async fn sleep_until(admin: &mut MultiplexedConnection, at: Nanos) {
     loop {
         let now = redis_now(admin).await;
         if now >= at {
@@ -95,7 +95,7 @@ async fn exists(admin: &mut MultiplexedConnection, key: &str) -> bool {
 /// GCRA until its TAT; a fixed window until its end; a sliding-window counter one period after
 /// its window's end (the next window reads it as its previous one); a sliding log until its
 /// newest entry leaves the window; an idempotency record until it expires.
-fn needed_until(value: &str, period: Nanos) -> Nanos {
+pub(crate) fn needed_until(value: &str, period: Nanos) -> Nanos {
     let (tag, body) = value.split_at(3);
     let field = |i: usize| -> Nanos { body.split(':').nth(i).unwrap().parse().unwrap() };
     match tag {
@@ -113,7 +113,7 @@ fn needed_until(value: &str, period: Nanos) -> Nanos {
 /// expiries in whole milliseconds, counted from when `SET` runs (microseconds after the script
 /// read `TIME`), and the script rounds the TTL up: the expiry lands in
 /// [state end - 2 ms, state end + 2 ms]. A key is deleted only once its expiry has passed.
-fn assert_expiry(what: &str, expiry_ms: i64, needed: Nanos) {
+pub(crate) fn assert_expiry(what: &str, expiry_ms: i64, needed: Nanos) {
     let lo = needed / MS - 2;
     let hi = needed.div_ceil(MS) + 2;
     assert!(
@@ -253,6 +253,10 @@ async fn a_denied_request_charges_no_rule_and_a_shadow_rule_denies_nothing() {
         }
         let o = store.check(&with_shadow, None).await.unwrap();
         assert!(o.allowed && !o.decisions[1].allowed, "{what}: {o:?}");
+        // Charged three times: the script wrote the passing request (an outcome's figures
+        // are the same whether or not it did).
+        let peek = store.peek(&alone).await.unwrap();
+        assert_eq!(peek.decisions[0].remaining, 7, "{what}: charged");
     }
 }
 
@@ -512,6 +516,7 @@ async fn a_ttl_is_rounded_up_to_the_next_millisecond() {
         Algorithm::Gcra,
         Quota::new(1, Duration::from_nanos(interval)).unwrap(),
     );
+    let mut ttls = Vec::new();
     for i in 0..10 {
         let k = key(&format!("rounding {i}"));
         let redis_key = store.redis_key(&rule, k);
@@ -531,13 +536,17 @@ async fn a_ttl_is_rounded_up_to_the_next_millisecond() {
         let tat = needed_until(&get(&mut admin, &redis_key).await, 0);
         let charged_ms = (tat - interval) / MS;
         let ttl = expiry_ms(&mut admin, &redis_key).await - charged_ms as i64;
-        // Redis counts the TTL from when SET runs, microseconds after the script read TIME:
-        // now and then in the next millisecond (2002). Rounded down, it would be 2000 or 2001.
+        // Redis counts the TTL from when SET runs, after the script read TIME: usually in the
+        // same millisecond (2001), now and then in a later one (2002, or more on a loaded
+        // machine). Rounded down, it would be 2000 whenever SET runs in TIME's millisecond.
         assert!(
-            ttl == 2_001 || ttl == 2_002,
+            (2_001..2_050).contains(&ttl),
             "sample {i}: TTL {ttl} ms, 2001 expected"
         );
+        ttls.push(ttl);
     }
+    ttls.sort();
+    assert!(ttls[ttls.len() / 2] <= 2_002, "TTLs {ttls:?}");
 }
 
 #[tokio::test]
