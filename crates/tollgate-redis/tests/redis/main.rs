@@ -3,7 +3,7 @@
 //!
 //! Most modules run the script in explicit-time mode (the test sets "now"); `realtime`,
 //! `keyspace`, `http_keyspace`, `shared` and `faults` run it on Redis's own clock, as in
-//! production. `scripts/lua-mutants.py` checks that the former three kill every mutation of
+//! production. `scripts/lua-mutants.py` checks that the first three kill every mutation of
 //! the script on its list.
 
 mod support;
