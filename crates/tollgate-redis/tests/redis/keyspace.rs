@@ -5,7 +5,7 @@ use std::time::Duration;
 use tollgate_core::{Algorithm, Check, KeySecret, Nanos, Quota, Replay, Rule, Store};
 use tollgate_redis::{RedisConnection, RedisStore};
 
-use crate::realtime::{assert_expiry, needed_until, redis_now, sleep_until};
+use crate::realtime::{assert_expiry, needed_until, redis_now, sleep_until, SET_LATENESS_MS};
 use crate::support::TestRedis;
 
 /// Realistic raw identities, as an HTTP layer would see them.
@@ -244,8 +244,9 @@ async fn idle_state_expires_by_itself_once_it_stops_mattering() {
         }
     }
     // The longest-lived state, a counter's, matters until a period after its window's end:
-    // at most two periods after the charge (and 2 ms of Redis's rounding).
-    sleep_until(&mut admin, after + 2 * period + 2_000_000).await;
+    // at most two periods after the charge (and Redis's rounding and scheduling).
+    let slack = (2 + SET_LATENESS_MS) * 1_000_000;
+    sleep_until(&mut admin, after + 2 * period + slack).await;
     let keys: Vec<String> = rules.iter().map(|r| store.redis_key(r, key)).collect();
     let left: u64 = redis::cmd("EXISTS")
         .arg(&keys)

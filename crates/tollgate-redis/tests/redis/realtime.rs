@@ -109,13 +109,18 @@ pub(crate) fn needed_until(value: &str, period: Nanos) -> Nanos {
     }
 }
 
-/// Asserts that the key outlives its state, and not by more than Redis's rounding. Redis keeps
-/// expiries in whole milliseconds, counted from when `SET` runs (microseconds after the script
-/// read `TIME`), and the script rounds the TTL up: the expiry lands in
-/// [state end - 2 ms, state end + 2 ms]. A key is deleted only once its expiry has passed.
+/// How late, at most, Redis runs a script's `SET` after the script read `TIME`: microseconds
+/// normally, a few milliseconds when a loaded machine deschedules Redis between the two.
+pub(crate) const SET_LATENESS_MS: u64 = 25;
+
+/// Asserts that the key outlives its state, and not by more than Redis's rounding and
+/// scheduling. Redis keeps expiries in whole milliseconds, counted from when `SET` runs (after
+/// the script read `TIME`), and the script rounds the TTL up: the expiry lands in
+/// [state end - 2 ms, state end + 2 ms + SET_LATENESS_MS]. A key is deleted only once its
+/// expiry has passed.
 pub(crate) fn assert_expiry(what: &str, expiry_ms: i64, needed: Nanos) {
     let lo = needed / MS - 2;
-    let hi = needed.div_ceil(MS) + 2;
+    let hi = needed.div_ceil(MS) + 2 + SET_LATENESS_MS;
     assert!(
         expiry_ms >= lo as i64 && expiry_ms <= hi as i64,
         "{what}: expires at {expiry_ms} ms, its state matters until {needed} ns \
@@ -296,8 +301,12 @@ async fn replay_cases(store: &RedisStore, exhausted: &Rule, exhausted_key: Key) 
                 (allowed, replayed),
                 "{what}: {o:?}"
             );
-            // What the rule that honours replays holds now (a denied request's decisions
-            // report the figures as if it had passed).
+            // A passing request reports the figures after its charge (none for a free replay);
+            // a denied one reports them as if it had passed, so only the peek below tells.
+            if allowed {
+                assert_eq!(o.decisions[0].remaining, remaining, "{what}: {o:?}");
+            }
+            // What the rule that honours replays holds now.
             let now = store.peek(&alone).await.unwrap().decisions[0].remaining;
             assert_eq!(now, remaining, "{what}: {o:?}");
         };
@@ -516,7 +525,6 @@ async fn a_ttl_is_rounded_up_to_the_next_millisecond() {
         Algorithm::Gcra,
         Quota::new(1, Duration::from_nanos(interval)).unwrap(),
     );
-    let mut ttls = Vec::new();
     for i in 0..10 {
         let k = key(&format!("rounding {i}"));
         let redis_key = store.redis_key(&rule, k);
@@ -538,15 +546,13 @@ async fn a_ttl_is_rounded_up_to_the_next_millisecond() {
         let ttl = expiry_ms(&mut admin, &redis_key).await - charged_ms as i64;
         // Redis counts the TTL from when SET runs, after the script read TIME: usually in the
         // same millisecond (2001), now and then in a later one (2002, or more on a loaded
-        // machine). Rounded down, it would be 2000 whenever SET runs in TIME's millisecond.
+        // machine). Rounded down, it would be 2000 whenever SET runs in TIME's millisecond,
+        // as most of the ten do.
         assert!(
-            (2_001..2_050).contains(&ttl),
+            ttl >= 2_001 && ttl <= 2_001 + SET_LATENESS_MS as i64,
             "sample {i}: TTL {ttl} ms, 2001 expected"
         );
-        ttls.push(ttl);
     }
-    ttls.sort();
-    assert!(ttls[ttls.len() / 2] <= 2_002, "TTLs {ttls:?}");
 }
 
 #[tokio::test]
