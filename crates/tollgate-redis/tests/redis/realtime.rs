@@ -710,3 +710,54 @@ async fn state_of_an_unknown_format_version_is_not_read() {
         assert!(o.allowed && !o.replayed, "record r{v}: {o:?}");
     }
 }
+
+/// The counter's second refund branch: a Cluster refund that arrives after another request has
+/// rolled the counter into the next window, where the refunded charge now counts as part of the
+/// previous window. No traffic can schedule that, so the script is called directly, on Redis's
+/// clock, with the state such a race leaves.
+#[tokio::test]
+async fn a_counter_refund_after_the_window_rolled_over_takes_from_the_previous_window() {
+    let redis = TestRedis::start().await;
+    let mut admin = redis.admin().await;
+    let hour: Nanos = 3_600_000 * MS;
+    let now = redis_now(&mut admin).await;
+    let window_end = now - now % hour + hour;
+    // Charged one second before this window began, so in the one before it.
+    let charged = window_end - hour - 1_000 * MS;
+    let key = format!("rt{}:counter", nonce());
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(format!("w1:{window_end}:3:1"))
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let script = redis::Script::new(tollgate_redis::LUA_SOURCE);
+    let mut call = script.prepare_invoke();
+    call.key(&key)
+        .arg("refund")
+        .arg("") // Redis TIME
+        .arg("")
+        .arg(1) // one rule
+        .arg("none")
+        .arg(0)
+        .arg(0)
+        .arg(charged / 1_000_000_000)
+        .arg(charged % 1_000_000_000);
+    // The rule: sliding-window counter, 10 per hour, cost 1.
+    call.arg("w")
+        .arg(10)
+        .arg(hour)
+        .arg(hour / 10)
+        .arg(10)
+        .arg(1)
+        .arg(0)
+        .arg(0);
+    let _: Vec<i64> = call.invoke_async(&mut admin).await.unwrap();
+    assert_eq!(
+        get(&mut admin, &key).await,
+        format!("w1:{window_end}:2:1"),
+        "the charge is taken from the previous window's count"
+    );
+}
