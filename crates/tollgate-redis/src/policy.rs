@@ -117,8 +117,13 @@ impl Breaker {
     }
 
     pub(crate) fn admit(&self, budget: Duration) -> Admission {
+        self.admit_at(budget, Instant::now())
+    }
+
+    /// [`admit`](Self::admit) at `now`: the breaker reads no clock of its own, so its tests step
+    /// time exactly instead of sleeping past a margin.
+    fn admit_at(&self, budget: Duration, now: Instant) -> Admission {
         let mut state = self.state.lock();
-        let now = Instant::now();
         match *state {
             State::Closed { .. } => Admission::Call,
             State::Open { until } if now < until => Admission::Skip,
@@ -142,8 +147,13 @@ impl Breaker {
 
     /// Records a failure; returns whether the breaker opened because of it.
     pub(crate) fn failure(&self) -> bool {
+        self.failure_at(Instant::now())
+    }
+
+    /// [`failure`](Self::failure) at `now`.
+    fn failure_at(&self, now: Instant) -> bool {
         let mut state = self.state.lock();
-        let until = Instant::now() + self.config.cool_down;
+        let until = now + self.config.cool_down;
         match *state {
             State::Closed { failures } if failures + 1 < self.config.failures => {
                 *state = State::Closed {
@@ -170,48 +180,62 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const COOL_DOWN: Duration = Duration::from_millis(30);
+    const BUDGET: Duration = Duration::from_millis(10);
+    const NS: Duration = Duration::from_nanos(1);
+
     #[test]
     fn breaker_opens_probes_and_closes() {
         let breaker = Breaker::new(BreakerConfig {
             failures: 2,
-            cool_down: Duration::from_millis(30),
+            cool_down: COOL_DOWN,
         });
-        let budget = Duration::from_millis(10);
-        assert_eq!(breaker.admit(budget), Admission::Call);
-        assert!(!breaker.failure());
-        assert!(breaker.failure(), "second consecutive failure opens");
-        assert_eq!(breaker.admit(budget), Admission::Skip);
-        std::thread::sleep(Duration::from_millis(35));
-        assert_eq!(breaker.admit(budget), Admission::Probe);
+        let t0 = Instant::now();
+        assert_eq!(breaker.admit_at(BUDGET, t0), Admission::Call);
+        assert!(!breaker.failure_at(t0));
+        assert!(breaker.failure_at(t0), "second consecutive failure opens");
+        assert_eq!(breaker.admit_at(BUDGET, t0), Admission::Skip);
         assert_eq!(
-            breaker.admit(budget),
+            breaker.admit_at(BUDGET, t0 + COOL_DOWN - NS),
+            Admission::Skip,
+            "open for the whole cool-down"
+        );
+        let t1 = t0 + COOL_DOWN;
+        assert_eq!(breaker.admit_at(BUDGET, t1), Admission::Probe);
+        assert_eq!(
+            breaker.admit_at(BUDGET, t1),
             Admission::Skip,
             "one probe at a time"
         );
-        assert!(breaker.failure(), "a failed probe opens again");
-        assert_eq!(breaker.admit(budget), Admission::Skip);
-        std::thread::sleep(Duration::from_millis(35));
-        assert_eq!(breaker.admit(budget), Admission::Probe);
+        assert!(breaker.failure_at(t1), "a failed probe opens again");
+        assert_eq!(
+            breaker.admit_at(BUDGET, t1 + COOL_DOWN - NS),
+            Admission::Skip
+        );
+        let t2 = t1 + COOL_DOWN;
+        assert_eq!(breaker.admit_at(BUDGET, t2), Admission::Probe);
         assert!(breaker.success());
-        assert_eq!(breaker.admit(budget), Admission::Call);
+        assert_eq!(breaker.admit_at(BUDGET, t2), Admission::Call);
         // A success resets the count.
-        assert!(!breaker.failure());
+        assert!(!breaker.failure_at(t2));
         breaker.success();
-        assert!(!breaker.failure());
+        assert!(!breaker.failure_at(t2));
     }
 
     #[test]
-    fn a_lost_probe_is_replaced() {
+    fn a_lost_probe_is_replaced_after_its_budget_and_a_cool_down() {
         let breaker = Breaker::new(BreakerConfig {
             failures: 1,
-            cool_down: Duration::from_millis(10),
+            cool_down: COOL_DOWN,
         });
-        let budget = Duration::from_millis(10);
-        breaker.failure();
-        std::thread::sleep(Duration::from_millis(12));
-        assert_eq!(breaker.admit(budget), Admission::Probe);
-        // The probe's caller was cancelled and never reports back.
-        std::thread::sleep(Duration::from_millis(25));
-        assert_eq!(breaker.admit(budget), Admission::Probe);
+        let t0 = Instant::now();
+        assert!(breaker.failure_at(t0));
+        let probe = t0 + COOL_DOWN;
+        assert_eq!(breaker.admit_at(BUDGET, probe), Admission::Probe);
+        // The probe's caller was cancelled and never reports back: nobody else calls Redis
+        // until the probe's budget and one more cool-down are over, then another probe goes.
+        let replaced = probe + BUDGET + COOL_DOWN;
+        assert_eq!(breaker.admit_at(BUDGET, replaced - NS), Admission::Skip);
+        assert_eq!(breaker.admit_at(BUDGET, replaced), Admission::Probe);
     }
 }

@@ -211,23 +211,31 @@ fn seed() -> u64 {
 }
 
 #[tokio::test]
-async fn the_script_decides_exactly_as_the_core() {
+async fn the_script_decides_exactly_as_the_core_in_explicit_time() {
     let redis = TestRedis::start().await;
     let connection = RedisConnection::connect(redis.url()).await.unwrap();
     differential(connection, seed(), 150, 40).await;
 }
 
 #[tokio::test]
-async fn the_cluster_decides_exactly_as_the_core() {
+async fn the_cluster_decides_exactly_as_the_core_in_explicit_time() {
     let cluster = TestCluster::start().await;
     let connection = RedisConnection::connect_cluster(cluster.urls())
         .await
         .unwrap();
-    let refunds = differential(connection, seed(), 60, 30).await;
-    // Stacked rules on different slots were partially denied, and refunded exactly (any error
-    // would have changed a later decision).
-    assert!(refunds > 0, "no partial denial exercised the refunds");
+    // Half the trials from a fixed seed, whose traffic is known to deny stacked rules on
+    // different slots partially (the run is deterministic: explicit time, seeded traffic), so
+    // the refunds are exercised every run; the other half from a fresh seed.
+    let refunds = differential(connection.clone(), REFUNDING_SEED, 30, 30).await;
+    assert!(
+        refunds > 0,
+        "seed {REFUNDING_SEED} no longer makes a partial denial: pick another"
+    );
+    differential(connection, seed(), 30, 30).await;
 }
+
+/// A seed whose first 30 trials include partial denials across Cluster slots.
+const REFUNDING_SEED: u64 = 1;
 
 /// Fixed edge cases of the Lua arithmetic: the longest period at instants whose second count
 /// makes `now mod period` need the full mulmod, and the fastest quota.

@@ -1,5 +1,10 @@
 //! The Redis store against a real Redis (and a real 3-master Redis Cluster); see `support` for
 //! where Redis comes from. Run: `cargo test -p tollgate-redis --test redis`.
+//!
+//! Most modules run the script in explicit-time mode (the test sets "now"); `realtime`,
+//! `keyspace`, `http_keyspace`, `shared` and `faults` run it on Redis's own clock, as in
+//! production. `scripts/lua-mutants.py` checks that the first three kill every mutation of
+//! the script on its list.
 
 mod support;
 
@@ -8,5 +13,7 @@ mod conformance;
 mod corruption;
 mod differential;
 mod faults;
+mod http_keyspace;
 mod keyspace;
+mod realtime;
 mod shared;

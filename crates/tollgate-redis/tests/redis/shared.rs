@@ -275,12 +275,27 @@ async fn instances_whose_clocks_differ_by_seconds_agree() {
         key: unique_key("skew-2"),
     }];
     assert!(b.check(&checks, None).await.unwrap().allowed);
+    let sent = std::time::Instant::now();
     let denied = a.check(&checks, None).await.unwrap();
     assert!(!denied.allowed);
-    assert!(denied.retry_after().unwrap() <= Duration::from_secs(2));
-    // The deny cache of each instance counts down on its own clock, consistently.
-    let again = b.check(&checks, None).await.unwrap();
-    assert!(!again.allowed && again.retry_after().unwrap() <= Duration::from_secs(2));
+    let first_wait = denied.retry_after().unwrap();
+    assert!(first_wait <= Duration::from_secs(2));
+    // The instance ahead now answers from its deny cache, which counts Redis's wait down on the
+    // instance's own clock: the wait shrinks by the time that passed (measured here, on a
+    // monotonic clock), never jumps by the 7 s its clock is off Redis's, and never grows. (1 ms
+    // for the wall clock the skewed clocks read against the monotonic one.)
+    let pause = Duration::from_millis(100);
+    tokio::time::sleep(pause).await;
+    let hits = a.stats().deny_cache_hits;
+    let again = a.check(&checks, None).await.unwrap();
+    let passed = sent.elapsed();
+    assert_eq!(a.stats().deny_cache_hits, hits + 1, "answered locally");
+    let wait = again.retry_after().unwrap();
+    assert!(!again.allowed);
+    assert!(
+        wait <= first_wait - pause && wait + passed + Duration::from_millis(1) >= first_wait,
+        "first {first_wait:?}, then {wait:?} after {passed:?}"
+    );
 
     // The counterfactual: had each instance decided by its own clock, the one behind would be
     // told to wait 16 s for a 2 s interval (and, the other way round, the one ahead would be

@@ -123,6 +123,33 @@ pub fn free_port(bus: bool) -> u16 {
     panic!("no free port pair on 127.0.0.1");
 }
 
+/// A 127.0.0.1 port where nothing answers, held for as long as this value lives: the socket is
+/// bound but never listens, so every connection is refused, and no other test (a parallel
+/// test's redis-server on a `free_port`) can take the port meanwhile.
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind 127.0.0.1:0");
+        let port = socket.local_addr().unwrap().port();
+        Self {
+            _socket: socket,
+            port,
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
 /// A redis-server child process, killed on drop.
 struct Process {
     child: Option<Child>,
