@@ -1,0 +1,92 @@
+//! JSON bodies, written by `serde_json` in the spacing tollgate's bodies have always had:
+//! `{"success": false, "error": "..."}`, a space after every `:` and `,` and none elsewhere.
+//!
+//! Keeping those bytes means no client that compared bodies as text breaks, and every body the
+//! layer writes, its own or a responder's, reads the same.
+
+use std::io;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::ser::Formatter;
+
+/// `serde_json`'s compact output with a space after each `:` and `,`.
+struct Spaced;
+
+impl Formatter for Spaced {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// `value` as a JSON body. Fails only for values JSON cannot hold (a map with non-string keys)
+/// or whose `Serialize` implementation fails.
+pub(crate) fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_json::Error> {
+    let mut out = Vec::with_capacity(96);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Spaced);
+    value.serialize(&mut serializer)?;
+    Ok(Bytes::from(out))
+}
+
+/// The body of every answer tollgate writes itself: `{"success": false, "error": "..."}`.
+#[derive(Serialize)]
+pub(crate) struct Failure<'a> {
+    success: bool,
+    error: &'a str,
+}
+
+impl<'a> Failure<'a> {
+    pub(crate) fn new(error: &'a str) -> Self {
+        Self {
+            success: false,
+            error,
+        }
+    }
+
+    /// As bytes; a struct of a bool and a string always serializes.
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        to_bytes(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spacing_is_the_historical_one() {
+        assert_eq!(
+            Failure::new("say \"hi\"\n").to_bytes(),
+            &br#"{"success": false, "error": "say \"hi\"\n"}"#[..]
+        );
+        let nested = serde_json::json!({"a": [1, 2, {"b": null}], "c": {}, "d": []});
+        assert_eq!(
+            to_bytes(&nested).unwrap(),
+            &br#"{"a": [1, 2, {"b": null}], "c": {}, "d": []}"#[..]
+        );
+    }
+}
