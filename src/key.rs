@@ -5,6 +5,10 @@
 //! key or address never reaches a store key or a log line, and a 100 KB header costs no more
 //! state than a short one. A limit's key is the digest of its parts' digests, in order.
 //!
+//! Besides the built-in parts (client IP, bearer token, header, query parameter, typed
+//! extension, route template, method), [`KeyPart::from_fn`] takes any closure over the
+//! [`RequestHead`]: a custom identity without a middleware of its own.
+//!
 //! A part is *required* by default: a limit whose key needs a part the request lacks does not
 //! apply to that request (the per-token bucket skips unauthenticated requests). An
 //! [`optional`](KeyPart::optional) part that is absent still yields a key, distinct from every

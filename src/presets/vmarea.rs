@@ -206,10 +206,10 @@ fn deny(denial: &Denial<'_>) -> http::Response<http_body_util::Full<bytes::Bytes
         PER_IP => "IP address",
         _ => return default_denial(denial),
     };
-    let error = format!(
-        "Rate limit exceeded for this {bucket}: {} requests per minute. Retry after {}.",
-        denial.rule().quota().limit(),
-        denial.retry_after_secs()
-    );
-    denial.json_bytes(Failure::new(&error).to_bytes())
+    let (limit, secs) = (denial.rule().quota().limit(), denial.retry_after_secs());
+    let body = Failure::new(&format_args!(
+        "Rate limit exceeded for this {bucket}: {limit} requests per minute. Retry after {secs}."
+    ))
+    .to_bytes();
+    denial.json_bytes(body)
 }

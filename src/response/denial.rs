@@ -154,11 +154,10 @@ pub(crate) fn default_responder() -> Responder {
 
 /// The default 429: `{"success": false, "error": "Rate limit exceeded. Retry after N."}`.
 pub(crate) fn default_denial(denial: &Denial<'_>) -> Response<Full<Bytes>> {
-    let error = format!(
-        "Rate limit exceeded. Retry after {}.",
-        denial.retry_after_secs()
-    );
-    denial.json_bytes(Failure::new(&error).to_bytes())
+    let secs = denial.retry_after_secs();
+    denial.json_bytes(
+        Failure::new(&format_args!("Rate limit exceeded. Retry after {secs}.")).to_bytes(),
+    )
 }
 
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {
@@ -173,7 +172,7 @@ pub(crate) fn unavailable() -> Response<Full<Bytes>> {
     respond(
         StatusCode::SERVICE_UNAVAILABLE,
         APPLICATION_JSON,
-        Failure::new("rate limiter unavailable").to_bytes(),
+        Failure::new(&"rate limiter unavailable").to_bytes(),
     )
 }
 
@@ -182,7 +181,7 @@ pub(crate) fn missing_peer_addr() -> Response<Full<Bytes>> {
     respond(
         StatusCode::INTERNAL_SERVER_ERROR,
         APPLICATION_JSON,
-        Failure::new(MISSING_PEER_ADDR).to_bytes(),
+        Failure::new(&MISSING_PEER_ADDR).to_bytes(),
     )
 }
 

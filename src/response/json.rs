@@ -4,10 +4,11 @@
 //! Keeping those bytes means no client that compared bodies as text breaks, and every body the
 //! layer writes, its own or a responder's, reads the same.
 
-use std::io;
+use std::{fmt, io};
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
 use serde_json::ser::Formatter;
 
 /// `serde_json`'s compact output with a space after each `:` and `,`.
@@ -46,30 +47,46 @@ impl Formatter for Spaced {
 /// `value` as a JSON body. Fails only for values JSON cannot hold (a map with non-string keys)
 /// or whose `Serialize` implementation fails.
 pub(crate) fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_json::Error> {
-    let mut out = Vec::with_capacity(96);
+    let mut out = Vec::with_capacity(128);
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, Spaced);
     value.serialize(&mut serializer)?;
     Ok(Bytes::from(out))
 }
 
 /// The body of every answer tollgate writes itself: `{"success": false, "error": "..."}`.
-#[derive(Serialize)]
+///
+/// The message is anything `Display`, written (and escaped) straight into the body: a denial
+/// formats its figures once, with no string in between.
 pub(crate) struct Failure<'a> {
-    success: bool,
-    error: &'a str,
+    error: &'a dyn fmt::Display,
 }
 
 impl<'a> Failure<'a> {
-    pub(crate) fn new(error: &'a str) -> Self {
-        Self {
-            success: false,
-            error,
-        }
+    pub(crate) fn new(error: &'a dyn fmt::Display) -> Self {
+        Self { error }
     }
 
-    /// As bytes; a struct of a bool and a string always serializes.
+    /// As bytes; a bool and a string always serialize.
     pub(crate) fn to_bytes(&self) -> Bytes {
         to_bytes(self).unwrap_or_default()
+    }
+}
+
+impl Serialize for Failure<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut body = serializer.serialize_struct("Failure", 2)?;
+        body.serialize_field("success", &false)?;
+        body.serialize_field("error", &Text(self.error))?;
+        body.end()
+    }
+}
+
+/// A `Display` value as a JSON string.
+struct Text<'a>(&'a dyn fmt::Display);
+
+impl Serialize for Text<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
     }
 }
 
@@ -80,7 +97,7 @@ mod tests {
     #[test]
     fn spacing_is_the_historical_one() {
         assert_eq!(
-            Failure::new("say \"hi\"\n").to_bytes(),
+            Failure::new(&"say \"hi\"\n").to_bytes(),
             &br#"{"success": false, "error": "say \"hi\"\n"}"#[..]
         );
         let nested = serde_json::json!({"a": [1, 2, {"b": null}], "c": {}, "d": []});
