@@ -51,10 +51,13 @@
 //! abuse ceiling of the login and signup routes, and an Idempotency-Key must not be a way past
 //! it.
 
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
 use tollgate_core::{Algorithm, MemoryStore};
 
 use crate::key::{Identifier, KeyPart, TokenId};
-use crate::response::{default_denial, Denial, Failure};
+use crate::response::{default_denial, Denial, FailureTemplate};
 use crate::{Idempotency, Limit, RateLimitBuilder, RateLimitLayer, Scope};
 
 /// The name of the per-token rule.
@@ -190,26 +193,32 @@ impl VmArea {
 /// ```
 impl From<VmArea> for RateLimitBuilder<MemoryStore> {
     fn from(preset: VmArea) -> Self {
-        let builder = RateLimitLayer::builder().limits(preset.limits());
+        let builder = RateLimitLayer::builder()
+            .limits(preset.limits())
+            .on_denied(deny(&preset));
         match preset.idempotency {
             Some(idempotency) => builder.idempotency(idempotency),
             None => builder,
         }
-        .on_denied(deny)
     }
 }
 
-/// The VMArea 429 body, naming the bucket that tripped.
-fn deny(denial: &Denial<'_>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-    let bucket = match denial.rule().name() {
-        PER_TOKEN => "API token",
-        PER_IP => "IP address",
-        _ => return default_denial(denial),
+/// The VMArea 429 body, naming the bucket that tripped: its two messages are serialized once.
+fn deny(preset: &VmArea) -> impl Fn(&Denial<'_>) -> Response<Full<Bytes>> + Send + Sync + 'static {
+    let bucket = |noun: &str, per_minute: u64| {
+        FailureTemplate::new(
+            &format!("Rate limit exceeded for this {noun}: {per_minute} requests per minute. Retry after "),
+            ".",
+        )
     };
-    let (limit, secs) = (denial.rule().quota().limit(), denial.retry_after_secs());
-    let body = Failure::new(&format_args!(
-        "Rate limit exceeded for this {bucket}: {limit} requests per minute. Retry after {secs}."
-    ))
-    .to_bytes();
-    denial.json_bytes(body)
+    let per_token = bucket("API token", preset.per_token);
+    let per_ip = bucket("IP address", preset.per_ip);
+    move |denial: &Denial<'_>| {
+        let body = match denial.rule().name() {
+            PER_TOKEN => &per_token,
+            PER_IP => &per_ip,
+            _ => return default_denial(denial),
+        };
+        denial.json_bytes(body.with(denial.retry_after_secs()))
+    }
 }

@@ -3,7 +3,7 @@
 //! nothing is escaped by hand.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use tollgate_core::{Decision, Rule};
 
 use super::headers::retry_after_secs;
-use super::json::{self, Failure};
+use super::json::{self, Failure, FailureTemplate};
 use crate::head::RequestHead;
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -154,10 +154,9 @@ pub(crate) fn default_responder() -> Responder {
 
 /// The default 429: `{"success": false, "error": "Rate limit exceeded. Retry after N."}`.
 pub(crate) fn default_denial(denial: &Denial<'_>) -> Response<Full<Bytes>> {
-    let secs = denial.retry_after_secs();
-    denial.json_bytes(
-        Failure::new(&format_args!("Rate limit exceeded. Retry after {secs}.")).to_bytes(),
-    )
+    static BODY: OnceLock<FailureTemplate> = OnceLock::new();
+    let body = BODY.get_or_init(|| FailureTemplate::new("Rate limit exceeded. Retry after ", "."));
+    denial.json_bytes(body.with(denial.retry_after_secs()))
 }
 
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {

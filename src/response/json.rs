@@ -90,9 +90,55 @@ impl Serialize for Text<'_> {
     }
 }
 
+/// A failure body whose message ends with a number that changes per request (the seconds to
+/// wait), serialized once by `serde_json` around a marker; per request the number's digits,
+/// which JSON never escapes, are spliced in. A flood of denials escapes nothing and allocates
+/// one buffer each.
+pub(crate) struct FailureTemplate {
+    before: Box<[u8]>,
+    after: Box<[u8]>,
+}
+
+impl FailureTemplate {
+    /// `{"success": false, "error": "<head><number><tail>"}`.
+    pub(crate) fn new(head: &str, tail: &str) -> Self {
+        // A NUL is escaped as this, and neither `head` nor `tail` holds one in tollgate.
+        const MARK: &[u8] = b"\\u0000";
+        let whole = Failure::new(&format_args!("{head}\0{tail}")).to_bytes();
+        let at = whole.windows(MARK.len()).position(|w| w == MARK);
+        let (before, after) = match at {
+            Some(at) => (&whole[..at], &whole[at + MARK.len()..]),
+            None => (&whole[..], &b""[..]),
+        };
+        Self {
+            before: before.into(),
+            after: after.into(),
+        }
+    }
+
+    /// The body with `n` in its place.
+    pub(crate) fn with(&self, n: u64) -> Bytes {
+        use std::io::Write as _;
+        let mut out = Vec::with_capacity(self.before.len() + 20 + self.after.len());
+        out.extend_from_slice(&self.before);
+        let _ = write!(out, "{n}");
+        out.extend_from_slice(&self.after);
+        Bytes::from(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_template_is_the_body_serde_writes() {
+        let template = FailureTemplate::new("Retry \"now\" after ", ".");
+        for n in [0, 7, 42, u64::MAX] {
+            let message = format!("Retry \"now\" after {n}.");
+            assert_eq!(template.with(n), Failure::new(&message).to_bytes());
+        }
+    }
 
     #[test]
     fn spacing_is_the_historical_one() {
