@@ -55,8 +55,8 @@ pub(crate) fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_
 
 /// The body of every answer tollgate writes itself: `{"success": false, "error": "..."}`.
 ///
-/// The message is anything `Display`, written (and escaped) straight into the body: a denial
-/// formats its figures once, with no string in between.
+/// The message is anything `Display`, written (and escaped) straight into the body, with no
+/// string in between.
 pub(crate) struct Failure<'a> {
     error: &'a dyn fmt::Display,
 }
