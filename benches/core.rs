@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use governor::{Quota as GovernorQuota, RateLimiter};
-use tollgate::core::algorithm::{FixedWindow, Gcra, SlidingLog, SlidingWindow, StateMachine};
-use tollgate::core::{Check, Key, KeySecret, MemoryStore, Quota, Rule};
+use tollgate::tollgate_core::algorithm::{
+    FixedWindow, Gcra, SlidingLog, SlidingWindow, StateMachine,
+};
+use tollgate::{Check, Key, KeySecret, MemoryStore, Quota, Rule};
 
 /// A generous quota, so both limiters take the "admit and write" path, the common one.
 const PER_SECOND: u32 = 1_000_000_000;

@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use governor::{Quota as GovernorQuota, RateLimiter};
-use tollgate::core::{Check, KeySecret, ManualClock, MemoryStore, Quota, Rule};
+use tollgate::{Check, KeySecret, ManualClock, MemoryStore, Quota, Rule};
 
 #[path = "../crates/tollgate-core/tests/support/counting_alloc.rs"]
 mod counting_alloc;
@@ -38,7 +38,7 @@ fn main() {
         .build()
         .unwrap();
     for key in &keys {
-        let key = tollgate::core::Key::from_u128(*key);
+        let key = tollgate::Key::from_u128(*key);
         store.check_now(&[Check { rule: &rule, key }], None);
     }
     let ours_bytes = live() - before;

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use tollgate::core::{Check, Key, KeySecret, Quota, Rule, Store};
+use tollgate::{Check, Key, KeySecret, Quota, Rule, Store};
 use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore, LUA_SOURCE};
 
 /// Decisions per measured batch (divisible by every concurrency).

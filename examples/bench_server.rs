@@ -58,7 +58,7 @@ fn authenticate(mut request: Request) -> Request {
     request
 }
 
-fn vmarea() -> tollgate::RateLimitBuilder<tollgate::core::MemoryStore> {
+fn vmarea() -> tollgate::RateLimitBuilder<tollgate::MemoryStore> {
     VmArea::new()
         .strict(true)
         .per_token(PER_MINUTE)

@@ -18,8 +18,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tollgate::core::Store;
 use tollgate::presets::vmarea::VmArea;
+use tollgate::Store;
 use tollgate::{RateLimitLayer, TokenId};
 use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 

@@ -7,82 +7,78 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
-use tollgate_core::{KeySecret, LogThrottle, MemoryStore, Store};
+use tollgate_core::{KeySecret, MemoryStore, Store};
 
 use crate::client_ip::{Cidr, ClientIpConfig, ForwardedHeader};
 use crate::error::BuildError;
 use crate::idempotency::Idempotency;
-use crate::key::{KeyPart, Source};
 use crate::layer::RateLimitLayer;
 use crate::limit::Limit;
-use crate::limiter::{CompiledLimit, CompiledSource, Limiter};
-use crate::metrics::{Counters, LayerCounters};
-use crate::response::{
-    default_responder, policy_item, Denial, HeaderStyle, HeaderWriter, ResetFormat, Responder,
-};
-use crate::route::RoutePattern;
-use crate::scope::{Scope, ScopeMatcher};
-
-/// At most one line per this interval for each event that can happen on every request.
-const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+use crate::limiter::Limiter;
+use crate::response::{Denial, HeaderStyle, ResetFormat, Responder};
 
 /// Set once the public default secret has been warned about.
 static WARNED_DEFAULT_SECRET: AtomicBool = AtomicBool::new(false);
 
-/// Configures a [`RateLimitLayer`]; start with [`RateLimitLayer::builder`].
+/// Configures a [`RateLimitLayer`]; start with [`RateLimitLayer::builder`], or from a
+/// [preset](crate::presets) (`RateLimitBuilder::from(VmArea::new())`).
 ///
-/// Mistakes (a bad route pattern, a bad CIDR, two limits with one name) are collected and
-/// reported by [`build`](Self::build), so a chain of calls needs one `?`.
+/// Mistakes (a bad quota, a bad route pattern, a bad CIDR, two limits with one name) are
+/// collected and reported together by [`build`](Self::build), so a chain of calls needs one
+/// `?`.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::core::{MemoryStore, Quota, Rule};
-/// use tollgate::{HeaderStyle, KeyPart, Limit, RateLimitLayer, Scope};
+/// use tollgate::{HeaderStyle, KeyPart, Limit, MemoryStore, RateLimitLayer, Scope};
 ///
 /// let layer = RateLimitLayer::builder()
 ///     .store(MemoryStore::new())
 ///     .trusted_proxies(["10.0.0.0/8"])
+///     .limit(Limit::per_minute("per_ip", 100).key(KeyPart::client_ip()))
 ///     .limit(
-///         Limit::new(Rule::builder("per_ip", Quota::per_minute(100)?).build()?)
-///             .key(KeyPart::client_ip()),
-///     )
-///     .limit(
-///         Limit::new(Rule::builder("search", Quota::min_interval(Duration::from_secs(1))?).build()?)
+///         Limit::min_interval("search", Duration::from_secs(1))
 ///             .scope(Scope::all().path("/search"))
 ///             .key(KeyPart::client_ip()),
 ///     )
 ///     .header_style(HeaderStyle::Both)
 ///     .expose_headers(true)
 ///     .build()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok::<(), tollgate::BuildError>(())
 /// ```
 #[must_use]
 pub struct RateLimitBuilder<S = MemoryStore> {
     store: S,
-    secret: KeySecret,
-    limits: Vec<Limit>,
-    client_ip: ClientIpConfig,
-    routes: Vec<String>,
-    idempotency: Option<Idempotency>,
-    style: HeaderStyle,
-    reset: ResetFormat,
-    expose: bool,
-    responder: Option<Responder>,
-    errors: Vec<BuildError>,
+    settings: Settings,
+    /// Mistakes found so far, in the order they were made.
+    mistakes: Vec<BuildError>,
+}
+
+/// Everything but the store: what [`Limiter::new`] compiles.
+pub(crate) struct Settings {
+    pub(crate) secret: KeySecret,
+    pub(crate) limits: Vec<Limit>,
+    pub(crate) client_ip: ClientIpConfig,
+    pub(crate) routes: Vec<String>,
+    pub(crate) idempotency: Option<Idempotency>,
+    pub(crate) style: HeaderStyle,
+    pub(crate) reset: ResetFormat,
+    pub(crate) expose: bool,
+    pub(crate) responder: Option<Responder>,
 }
 
 impl<S> std::fmt::Debug for RateLimitBuilder<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.settings;
         f.debug_struct("RateLimitBuilder")
-            .field("limits", &self.limits)
-            .field("client_ip", &self.client_ip)
-            .field("routes", &self.routes)
-            .field("idempotency", &self.idempotency)
-            .field("style", &self.style)
-            .field("reset", &self.reset)
-            .field("expose", &self.expose)
-            .field("custom_responder", &self.responder.is_some())
-            .field("errors", &self.errors)
+            .field("limits", &s.limits)
+            .field("client_ip", &s.client_ip)
+            .field("routes", &s.routes)
+            .field("idempotency", &s.idempotency)
+            .field("style", &s.style)
+            .field("reset", &s.reset)
+            .field("expose", &s.expose)
+            .field("custom_responder", &s.responder.is_some())
+            .field("mistakes", &self.mistakes)
             .finish_non_exhaustive()
     }
 }
@@ -91,37 +87,88 @@ impl RateLimitBuilder<MemoryStore> {
     pub(crate) fn new() -> Self {
         Self {
             store: MemoryStore::new(),
-            secret: KeySecret::DEFAULT,
-            limits: Vec::new(),
-            client_ip: ClientIpConfig::default(),
-            routes: Vec::new(),
-            idempotency: None,
-            style: HeaderStyle::default(),
-            reset: ResetFormat::default(),
-            expose: false,
-            responder: None,
-            errors: Vec::new(),
+            settings: Settings {
+                secret: KeySecret::DEFAULT,
+                limits: Vec::new(),
+                client_ip: ClientIpConfig::default(),
+                routes: Vec::new(),
+                idempotency: None,
+                style: HeaderStyle::default(),
+                reset: ResetFormat::default(),
+                expose: false,
+                responder: None,
+            },
+            mistakes: Vec::new(),
         }
     }
 }
 
+/// # Limits
+impl<S: Store> RateLimitBuilder<S> {
+    /// Adds a limit. Every applicable limit is checked, all-or-nothing: a request refused by
+    /// one is charged by none. A mistake the limit carries is reported by
+    /// [`build`](Self::build).
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit, RateLimitLayer, Scope};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .limit(Limit::per_minute("login", 10).scope(Scope::all().path("/login")).key(KeyPart::client_ip()))
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn limit(mut self, limit: Limit) -> Self {
+        if let Some(mistake) = limit.mistake() {
+            self.mistakes.push(mistake.clone());
+        }
+        self.settings.limits.push(limit);
+        self
+    }
+
+    /// Adds several limits, in order.
+    pub fn limits(self, limits: impl IntoIterator<Item = Limit>) -> Self {
+        limits.into_iter().fold(self, Self::limit)
+    }
+
+    /// Lets a request that repeats an idempotency key already charged for the same request
+    /// pass free the limits that [honour replays](Limit::honour_replays); every other limit
+    /// charges it as usual. See [`Idempotency`]. Default: off.
+    ///
+    /// ```
+    /// use tollgate::{Idempotency, KeyPart, Limit, RateLimitLayer, TokenId};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .limit(Limit::per_minute("per_token", 600).honour_replays(true).key(KeyPart::extension::<TokenId>()))
+    ///     .idempotency(Idempotency::new())
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.settings.idempotency = Some(idempotency);
+        self
+    }
+}
+
+/// # Store
 impl<S: Store> RateLimitBuilder<S> {
     /// Where the limits' state lives (default: a [`MemoryStore`], this process only). Any
     /// [`Store`] works: a `MemoryStore` with a `ManualClock` in tests, the Redis store to share
     /// limits between instances. When the store fails, the layer answers 503 with a JSON body.
+    ///
+    /// ```
+    /// use tollgate::{ManualClock, MemoryStore, RateLimitLayer};
+    ///
+    /// let clock = ManualClock::new(0);
+    /// let layer = RateLimitLayer::builder()
+    ///     .store(MemoryStore::builder().clock(clock.clone()).build())
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
     pub fn store<S2: Store>(self, store: S2) -> RateLimitBuilder<S2> {
         RateLimitBuilder {
             store,
-            secret: self.secret,
-            limits: self.limits,
-            client_ip: self.client_ip,
-            routes: self.routes,
-            idempotency: self.idempotency,
-            style: self.style,
-            reset: self.reset,
-            expose: self.expose,
-            responder: self.responder,
-            errors: self.errors,
+            settings: self.settings,
+            mistakes: self.mistakes,
         }
     }
 
@@ -129,20 +176,26 @@ impl<S: Store> RateLimitBuilder<S> {
     /// [`KeySecret::DEFAULT`]). Set your own, the same on every instance sharing a store, so
     /// that whoever reads the store cannot test guesses against the digests.
     pub fn key_secret(mut self, secret: KeySecret) -> Self {
-        self.secret = secret;
+        self.settings.secret = secret;
         self
     }
+}
 
-    /// Adds a limit. Every applicable limit is checked, all-or-nothing: a request refused by
-    /// one is charged by none.
-    pub fn limit(mut self, limit: Limit) -> Self {
-        self.limits.push(limit);
-        self
-    }
-
+/// # Clients
+impl<S: Store> RateLimitBuilder<S> {
     /// Peers in these ranges (CIDR notation: `10.0.0.0/8`, `::1`) are proxies whose forwarding
     /// header is believed; see [`client_ip`](crate::client_ip). Default: none, so the peer
     /// address is the client.
+    ///
+    /// ```
+    /// use tollgate::{ForwardedHeader, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .trusted_proxies(["10.0.0.0/8", "fd00::/8"])
+    ///     .forwarded_header(ForwardedHeader::Forwarded)
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
     pub fn trusted_proxies<I>(mut self, ranges: I) -> Self
     where
         I: IntoIterator,
@@ -150,8 +203,8 @@ impl<S: Store> RateLimitBuilder<S> {
     {
         for range in ranges {
             match range.as_ref().parse::<Cidr>() {
-                Ok(cidr) => self.client_ip.trusted.push(cidr),
-                Err(e) => self.errors.push(e.into()),
+                Ok(cidr) => self.settings.client_ip.trusted.push(cidr),
+                Err(e) => self.mistakes.push(e.into()),
             }
         }
         self
@@ -160,130 +213,130 @@ impl<S: Store> RateLimitBuilder<S> {
     /// Which forwarding header the trusted proxies write (default `X-Forwarded-For`). Only
     /// that one is read.
     pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
-        self.client_ip.header = header;
+        self.settings.client_ip.header = header;
         self
     }
 
     /// IPv4 clients are grouped by this prefix (default /32: each address alone).
     pub fn ipv4_prefix(mut self, prefix: u8) -> Self {
-        if prefix > 32 {
-            self.errors.push(BuildError::Prefix {
-                family: "IPv4",
-                prefix,
-                max: 32,
-            });
-        }
-        self.client_ip.ipv4_prefix = prefix;
+        self.prefix("IPv4", prefix, 32);
+        self.settings.client_ip.ipv4_prefix = prefix;
         self
     }
 
     /// IPv6 clients are grouped by this prefix (default /64, the block one subscriber usually
     /// holds, so a client cannot get fresh buckets by rotating addresses within it).
+    ///
+    /// ```
+    /// use tollgate::RateLimitLayer;
+    ///
+    /// // Count each /56 as one client.
+    /// let layer = RateLimitLayer::builder().ipv6_prefix(56).build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
     pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
-        if prefix > 128 {
-            self.errors.push(BuildError::Prefix {
-                family: "IPv6",
-                prefix,
-                max: 128,
-            });
-        }
-        self.client_ip.ipv6_prefix = prefix;
+        self.prefix("IPv6", prefix, 128);
+        self.settings.client_ip.ipv6_prefix = prefix;
         self
     }
 
+    fn prefix(&mut self, family: &'static str, prefix: u8, max: u8) {
+        if prefix > max {
+            self.mistakes.push(BuildError::Prefix {
+                family,
+                prefix,
+                max,
+            });
+        }
+    }
+}
+
+/// # Routes
+impl<S: Store> RateLimitBuilder<S> {
     /// Route templates for services without a router (a plain hyper service): a request's
-    /// route is the first pattern matching its path (see [`RoutePattern`]). Behind axum the
-    /// router's `MatchedPath` is used and these are only a fallback.
+    /// route is the first pattern matching its path (see [`RoutePattern`](crate::RoutePattern)).
+    /// Behind axum the router's `MatchedPath` is used and these are only a fallback.
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit, RateLimitLayer};
+    ///
+    /// // Per client and endpoint: /vms/1 and /vms/2 share the bucket of /vms/{id}.
+    /// let layer = RateLimitLayer::builder()
+    ///     .routes(["/vms/{id}", "/vms"])
+    ///     .limit(Limit::per_second("per_endpoint", 5).key(KeyPart::route()).key(KeyPart::client_ip()))
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
     pub fn routes<I>(mut self, patterns: I) -> Self
     where
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        self.routes.extend(patterns.into_iter().map(Into::into));
+        self.settings
+            .routes
+            .extend(patterns.into_iter().map(Into::into));
         self
     }
+}
 
-    /// Lets a request that repeats an idempotency key already charged for the same request
-    /// pass free the limits whose rule [honours
-    /// replays](tollgate_core::RuleBuilder::honour_replays); every other limit charges it as
-    /// usual. See [`Idempotency`]. Default: off.
-    pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
-        self.idempotency = Some(idempotency);
-        self
-    }
-
+/// # Responses
+impl<S: Store> RateLimitBuilder<S> {
     /// Which rate-limit fields responses carry (default `X-RateLimit-*`).
     pub fn header_style(mut self, style: HeaderStyle) -> Self {
-        self.style = style;
+        self.settings.style = style;
         self
     }
 
     /// How `X-RateLimit-Reset` is written (default: delta seconds).
     pub fn reset_format(mut self, format: ResetFormat) -> Self {
-        self.reset = format;
+        self.settings.reset = format;
         self
     }
 
     /// Adds `Access-Control-Expose-Headers` naming the rate-limit fields, so that browser code
     /// on another origin can read them (default: off).
     pub fn expose_headers(mut self, expose: bool) -> Self {
-        self.expose = expose;
+        self.settings.expose = expose;
         self
     }
 
     /// Builds the answer to a refused request (default: a 429 with
     /// `{"success": false, "error": "Rate limit exceeded. Retry after N."}`). The layer adds the
     /// rate-limit headers the response does not already have.
+    ///
+    /// ```
+    /// use tollgate::{Denial, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .on_denied(|denial: &Denial<'_>| {
+    ///         denial.plain_text(format!("slow down: retry in {} s", denial.retry_after_secs()))
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
     pub fn on_denied<F>(mut self, responder: F) -> Self
     where
         F: Fn(&Denial<'_>) -> Response<Full<Bytes>> + Send + Sync + 'static,
     {
-        self.responder = Some(Arc::new(responder));
+        self.settings.responder = Some(Arc::new(responder));
+        self
+    }
+}
+
+/// # Building
+impl<S: Store> RateLimitBuilder<S> {
+    /// Records a preset's own mistake, reported by [`build`](Self::build).
+    pub(crate) fn mistake(mut self, mistake: BuildError) -> Self {
+        self.mistakes.push(mistake);
         self
     }
 
-    /// Records a mistake found while configuring, reported by [`build`](Self::build).
-    pub(crate) fn error(mut self, error: BuildError) -> Self {
-        self.errors.push(error);
-        self
-    }
-
-    /// Checks the configuration and builds the layer.
+    /// Checks the configuration and builds the layer: every mistake is reported, the one
+    /// alone, several as [`BuildError::Several`].
     pub fn build(self) -> Result<RateLimitLayer<S>, BuildError> {
-        if let Some(error) = self.errors.into_iter().next() {
-            return Err(error);
-        }
-        let mut sources = SourceTable::default();
-        let mut limits = Vec::with_capacity(self.limits.len());
-        for limit in self.limits {
-            if limits
-                .iter()
-                .any(|l: &CompiledLimit| l.rule.name() == limit.rule.name())
-            {
-                return Err(BuildError::DuplicateRule(limit.rule.name().to_owned()));
-            }
-            let scope = compile_scope(&limit.scope, &mut sources)?;
-            let parts = limit
-                .key
-                .iter()
-                .map(|part| (sources.index(part), part.required))
-                .collect();
-            limits.push(CompiledLimit {
-                policy: policy_item(&limit.rule).into_boxed_str(),
-                rule: limit.rule,
-                scope,
-                parts,
-                counters: Counters::default(),
-                shadow_log: LogThrottle::new(LOG_INTERVAL),
-            });
-        }
-        if let Some(idempotency) = &self.idempotency {
-            idempotency.validate()?;
-        }
-        if S::SHARED
-            && self.secret == KeySecret::DEFAULT
-            && !WARNED_DEFAULT_SECRET.swap(true, Ordering::Relaxed)
-        {
+        let shared_default_secret = S::SHARED && self.settings.secret == KeySecret::DEFAULT;
+        let limiter = Limiter::new(self.store, self.settings, self.mistakes)?;
+        if shared_default_secret && !WARNED_DEFAULT_SECRET.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 "tollgate: a shared store (Redis) is keyed with the public default KeySecret, so \
                  whoever can read the store can test guesses (an IP address has few possible \
@@ -291,63 +344,6 @@ impl<S: Store> RateLimitBuilder<S> {
                  your own, the same on every instance (logged once)"
             );
         }
-        let routes = self
-            .routes
-            .iter()
-            .map(|p| RoutePattern::parse(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let limiter = Limiter {
-            store: self.store,
-            secret: self.secret,
-            sources: sources.0.into_boxed_slice(),
-            limits: limits.into_boxed_slice(),
-            client_ip: self.client_ip,
-            routes: routes.into_boxed_slice(),
-            idempotency: self.idempotency,
-            headers: HeaderWriter::new(self.style, self.reset, self.expose),
-            responder: self.responder.unwrap_or_else(default_responder),
-            counters: LayerCounters::default(),
-            warned_no_peer: AtomicBool::new(false),
-            warned_no_route: AtomicBool::new(false),
-            store_log: LogThrottle::new(LOG_INTERVAL),
-        };
         Ok(RateLimitLayer::from_limiter(Arc::new(limiter)))
     }
-}
-
-/// The distinct key parts read by any limit or scope, numbered.
-#[derive(Default)]
-struct SourceTable(Vec<CompiledSource>);
-
-impl SourceTable {
-    fn index(&mut self, part: &KeyPart) -> usize {
-        self.find(&part.source).unwrap_or_else(|| {
-            self.0.push(CompiledSource {
-                tag: part.source.tag(),
-                source: part.source.clone(),
-            });
-            self.0.len() - 1
-        })
-    }
-
-    fn find(&self, source: &Source) -> Option<usize> {
-        self.0.iter().position(|s| s.source == *source)
-    }
-}
-
-fn compile_scope(scope: &Scope, sources: &mut SourceTable) -> Result<ScopeMatcher, BuildError> {
-    Ok(ScopeMatcher {
-        paths: scope
-            .paths
-            .iter()
-            .map(|p| RoutePattern::parse(p))
-            .collect::<Result<_, _>>()?,
-        methods: scope.methods.iter().cloned().collect(),
-        without: scope.without.iter().map(|p| sources.index(p)).collect(),
-        except: scope
-            .except
-            .iter()
-            .map(|s| compile_scope(s, sources))
-            .collect::<Result<_, _>>()?,
-    })
 }

@@ -28,8 +28,11 @@ use smallvec::SmallVec;
 use tollgate_core::{Key, KeySecret, Replay};
 
 use crate::error::BuildError;
-use crate::limiter::RequestHead;
+use crate::head::RequestHead;
 use crate::replay_body::BodyDigest;
+
+/// `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header).
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 /// Set once a request without a body digest has been logged.
 static WARNED_NO_BODY: AtomicBool = AtomicBool::new(false);
@@ -72,7 +75,7 @@ impl Idempotency {
     /// replayed free 5 times within 24 hours.
     pub fn new() -> Self {
         Self {
-            header: HeaderName::from_static("idempotency-key"),
+            header: IDEMPOTENCY_KEY,
             ttl: Self::MAX_TTL,
             max_replays: 5,
             methods: [Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
@@ -153,15 +156,15 @@ impl Idempotency {
         route: &str,
         keys: impl Iterator<Item = Key>,
     ) -> Option<Replay> {
-        let value = crate::key::header_value(req.headers, &self.header)?;
+        let value = crate::key::header_value(req.headers(), &self.header)?;
         let mut digest = secret
             .key()
             .part(b"idempotency")
-            .part(req.method.as_str().as_bytes())
+            .part(req.method().as_str().as_bytes())
             .part(route.as_bytes());
         if self.body.is_some() {
             // No digest (no body layer, or a body it would not read): no free replay.
-            let Some(body) = req.extensions.get::<BodyDigest>() else {
+            let Some(body) = req.extensions().get::<BodyDigest>() else {
                 if !WARNED_NO_BODY.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         "tollgate: a request with an idempotency key had no body digest, so it \

@@ -5,6 +5,10 @@
 //! key or address never reaches a store key or a log line, and a 100 KB header costs no more
 //! state than a short one. A limit's key is the digest of its parts' digests, in order.
 //!
+//! Besides the built-in parts (client IP, bearer token, header, query parameter, typed
+//! extension, route template, method), [`KeyPart::from_fn`] takes any closure over the
+//! [`RequestHead`]: a custom identity without a middleware of its own.
+//!
 //! A part is *required* by default: a limit whose key needs a part the request lacks does not
 //! apply to that request (the per-token bucket skips unauthenticated requests). An
 //! [`optional`](KeyPart::optional) part that is absent still yields a key, distinct from every
@@ -18,11 +22,14 @@
 use std::any::TypeId;
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
 use http::{Extensions, HeaderMap, HeaderName};
 use smallvec::SmallVec;
 use tollgate_core::KeyBuilder;
+
+use crate::head::RequestHead;
 
 /// One part of a limit's key, taken from the request.
 ///
@@ -38,6 +45,7 @@ use tollgate_core::KeyBuilder;
 ///     KeyPart::extension::<TokenId>(),
 ///     KeyPart::route(),
 ///     KeyPart::method(),
+///     KeyPart::from_fn("tenant", |head| head.headers().get("x-tenant").cloned()),
 /// ];
 /// assert!(parts[0].is_required() && !parts[1].is_required());
 /// ```
@@ -91,7 +99,27 @@ pub(crate) enum Source {
     Extension(ExtensionSource),
     Route,
     Method,
+    Custom(CustomSource),
 }
+
+/// Writes a closure's value into the key; `false` when it has none.
+pub(crate) type WriteFn = dyn Fn(&RequestHead<'_>, &mut KeyBuilder) -> bool + Send + Sync;
+
+/// A closure over the request head, named.
+#[derive(Clone)]
+pub(crate) struct CustomSource {
+    pub(crate) name: Arc<str>,
+    pub(crate) write: Arc<WriteFn>,
+}
+
+/// One closure is one source: clones of a part share it, two closures never do.
+impl PartialEq for CustomSource {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.write, &other.write)
+    }
+}
+
+impl Eq for CustomSource {}
 
 /// A typed request extension, erased to a function that hashes it.
 #[derive(Clone, Copy)]
@@ -185,6 +213,41 @@ impl KeyPart {
         Self::required(Source::Method)
     }
 
+    /// A part computed by `f` from the request's head (method, URI, headers, extensions): a
+    /// custom identity, with no middleware of its own. `None`, or an empty value, is an absent
+    /// part, as for every other part.
+    ///
+    /// The digest is tagged with `name`, so two closures never share buckets, and `Debug`
+    /// shows the name only. Give each closure its own name: two different closures with one
+    /// name are a build error (clones of one part are one part).
+    ///
+    /// `f` runs on every request a limit keyed by it applies to (once, however many limits use
+    /// the part). It returns owned bytes, or a `HeaderValue` (whose clone copies no bytes):
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit};
+    ///
+    /// // One bucket per tenant, named by a header...
+    /// let tenant = KeyPart::from_fn("tenant", |head| head.headers().get("x-tenant").cloned());
+    /// // ...or by the first label of the host.
+    /// let subdomain = KeyPart::from_fn("subdomain", |head| {
+    ///     let host = head.uri().host()?;
+    ///     host.split_once('.').map(|(label, _)| label.to_owned())
+    /// });
+    /// let per_tenant = Limit::per_minute("per_tenant", 1000).key(tenant);
+    /// ```
+    pub fn from_fn<F, V>(name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(&RequestHead<'_>) -> Option<V> + Send + Sync + 'static,
+        V: AsRef<[u8]>,
+    {
+        let write = move |head: &RequestHead<'_>, key: &mut KeyBuilder| push_values(key, f(head));
+        Self::required(Source::Custom(CustomSource {
+            name: name.into().into(),
+            write: Arc::new(write),
+        }))
+    }
+
     /// Makes the part optional: a request without it still gets a key, in which the part is
     /// "absent" (distinct from any value).
     pub fn optional(mut self) -> Self {
@@ -209,6 +272,7 @@ impl fmt::Debug for KeyPart {
             Source::Extension(ext) => write!(f, "extension {}", ext.type_name)?,
             Source::Route => f.write_str("route")?,
             Source::Method => f.write_str("method")?,
+            Source::Custom(custom) => write!(f, "fn {}", custom.name)?,
         }
         if !self.required {
             f.write_str(", optional")?;
@@ -228,6 +292,7 @@ impl Source {
             Source::Extension(_) => Cow::Borrowed(b"extension"),
             Source::Route => Cow::Borrowed(b"route"),
             Source::Method => Cow::Borrowed(b"method"),
+            Source::Custom(custom) => Cow::Owned([b"fn:", custom.name.as_bytes()].concat()),
         }
     }
 }
@@ -242,7 +307,7 @@ impl Source {
 ///
 /// ```
 /// use tollgate::Identifier;
-/// use tollgate::core::KeyBuilder;
+/// use tollgate::KeyBuilder;
 ///
 /// #[derive(Clone)]
 /// struct AccountId(u64);
@@ -674,6 +739,10 @@ mod tests {
             format!("{:?}", KeyPart::query("api_key").optional()),
             "KeyPart(query api_key, optional)"
         );
+        let tenant = KeyPart::from_fn("tenant", |_| Some("secret"));
+        assert_eq!(tenant, tenant.clone());
+        assert_ne!(tenant, KeyPart::from_fn("tenant", |_| Some("secret")));
+        assert_eq!(format!("{tenant:?}"), "KeyPart(fn tenant)");
     }
 }
 

@@ -6,7 +6,7 @@
 //! (no allocation beyond small inline vectors), the store decides them all at once, and then
 //! either the inner service is called and the rate-limit headers are added to its response, or
 //! the layer answers by itself and the inner service is never called. A store that answers at
-//! once (`Store::check_ready`: the memory store) is decided inside `call`, with no allocation; a
+//! once (`Store::check_immediately`: the memory store) is decided inside `call`, with no allocation; a
 //! store that must wait (Redis) gets one boxed future, since a store's future borrows the
 //! checks. A request no limit applies to goes straight to the inner service.
 
@@ -26,7 +26,8 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::builder::RateLimitBuilder;
-use crate::limiter::{Limiter, RequestHead, Verdict};
+use crate::head::RequestHead;
+use crate::limiter::{Limiter, Verdict};
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
 
@@ -48,6 +49,7 @@ use crate::response::{self, RateLimitHeaders};
 /// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
 /// # Ok(()) }
 /// ```
+#[must_use]
 pub struct RateLimitLayer<S = MemoryStore> {
     limiter: Arc<Limiter<S>>,
 }
@@ -74,27 +76,12 @@ impl<S: Store> RateLimitLayer<S> {
     /// # Ok::<(), tollgate::BuildError>(())
     /// ```
     pub fn metrics(&self) -> Metrics {
-        let limiter = &self.limiter;
-        Metrics {
-            limits: limiter
-                .limits
-                .iter()
-                .map(|l| l.counters.snapshot(l.rule.name()))
-                .collect(),
-            replayed: limiter
-                .counters
-                .replayed
-                .load(std::sync::atomic::Ordering::Relaxed),
-            misconfigured: limiter
-                .counters
-                .misconfigured
-                .load(std::sync::atomic::Ordering::Relaxed),
-        }
+        self.limiter.metrics()
     }
 
     /// The store.
     pub fn store(&self) -> &S {
-        &self.limiter.store
+        self.limiter.store()
     }
 }
 
@@ -109,15 +96,7 @@ impl<S> Clone for RateLimitLayer<S> {
 impl<S> fmt::Debug for RateLimitLayer<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field(
-                "limits",
-                &self
-                    .limiter
-                    .limits
-                    .iter()
-                    .map(|l| &l.rule)
-                    .collect::<Vec<_>>(),
-            )
+            .field("limits", &self.limiter.rules().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +116,23 @@ impl<Svc, S: Store> Layer<Svc> for RateLimitLayer<S> {
 pub struct RateLimit<Svc, S = MemoryStore> {
     inner: Svc,
     limiter: Arc<Limiter<S>>,
+}
+
+impl<Svc, S> RateLimit<Svc, S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &Svc {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut Svc {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped from the rate limiter.
+    pub fn into_inner(self) -> Svc {
+        self.inner
+    }
 }
 
 impl<Svc: Clone, S> Clone for RateLimit<Svc, S> {
@@ -174,7 +170,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let plan = match self.limiter.plan(&RequestHead::of(&request)) {
+        let limiter = &*self.limiter;
+        let head = RequestHead::of(&request);
+        let plan = match limiter.plan(&head) {
             Ok(Some(plan)) => plan,
             Ok(None) => {
                 return ResponseFuture::inner(self.inner.call(request), RateLimitHeaders::default())
@@ -183,11 +181,8 @@ where
         };
         // A store that answers at once (the memory store) is decided here, and the inner
         // service called straight away: no future to allocate, no state to move through.
-        if let Some(answer) = self.limiter.check_ready(&plan) {
-            let verdict = self
-                .limiter
-                .verdict(&plan, answer, &RequestHead::of(&request));
-            return match verdict {
+        if let Some(answer) = limiter.check_immediately(&plan) {
+            return match limiter.verdict(&plan, answer, &head) {
                 Verdict::Admit(headers) => ResponseFuture::inner(self.inner.call(request), headers),
                 Verdict::Respond(response) => ResponseFuture::ready(response),
             };
@@ -195,6 +190,7 @@ where
         let limiter = Arc::clone(&self.limiter);
         let check: PendingCheck<ReqB> = Box::pin(async move {
             let answer = limiter.check(&plan).await;
+            // The request moved into this future: its head is borrowed anew, here.
             let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
             (verdict, request)
         });

@@ -1,48 +1,237 @@
 //! A [`Limit`]: a core [`Rule`] (how much, measured how) placed on HTTP requests: which requests
 //! it applies to ([`Scope`]) and who it counts separately ([`KeyPart`]s).
 
-use tollgate_core::Rule;
+use std::fmt;
+use std::time::Duration;
 
+use tollgate_core::{Algorithm, Quota, QuotaError, Rule};
+
+use crate::error::{BuildError, InvalidQuota};
 use crate::key::KeyPart;
 use crate::scope::Scope;
 
-/// A rule, the requests it applies to, and the parts of its key.
+/// A rule, the requests it applies to, and the parts of its key, declared in one expression.
 ///
 /// A limit without key parts is one bucket shared by every request in its scope (a global cap).
+/// Mistakes (a zero limit, a bad name, a cost above what the quota can ever admit) are kept in
+/// the limit and reported, naming it, by [`RateLimitBuilder::build`](crate::RateLimitBuilder::build),
+/// together with every other mistake: a chain of calls needs no `?` until then.
 ///
 /// ```
-/// use tollgate::core::{Algorithm, Quota, Rule};
-/// use tollgate::{KeyPart, Limit, Scope, TokenId};
+/// use std::time::Duration;
+/// use tollgate::{Algorithm, KeyPart, Limit, RateLimitLayer, Scope, TokenId};
 ///
-/// let per_token = Limit::new(
-///     Rule::builder("per_token", Quota::per_minute(600)?)
-///         .algorithm(Algorithm::FixedWindow)
-///         .build()?,
-/// )
-/// .scope(Scope::all().path("/api/public/v1/*"))
-/// .key(KeyPart::extension::<TokenId>());
-/// assert_eq!(per_token.rule().name(), "per_token");
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// let layer = RateLimitLayer::builder()
+///     .limit(Limit::per_minute("login", 100).scope(Scope::all().path("/login")).key(KeyPart::client_ip()))
+///     .limit(
+///         Limit::per_minute("per_token", 600)
+///             .algorithm(Algorithm::FixedWindow)
+///             .scope(Scope::all().path("/api/*"))
+///             .key(KeyPart::extension::<TokenId>()),
+///     )
+///     .limit(Limit::min_interval("search", Duration::from_secs(1)).key(KeyPart::client_ip()))
+///     .build()?;
+/// # Ok::<(), tollgate::BuildError>(())
 /// ```
-#[derive(Debug, Clone)]
+///
+/// A [`Rule`] built by hand works too: [`Limit::new`].
+#[derive(Clone)]
 #[must_use]
 pub struct Limit {
-    pub(crate) rule: Rule,
+    name: String,
+    settings: Settings,
+    /// The rule the settings make, or their first mistake; kept in step by every setter.
+    rule: Result<Rule, BuildError>,
     pub(crate) scope: Scope,
     pub(crate) key: Vec<KeyPart>,
 }
 
+/// What a limit's rule is made of.
+#[derive(Clone)]
+struct Settings {
+    quota: Result<Quota, QuotaError>,
+    burst: Option<u64>,
+    algorithm: Algorithm,
+    cost: u64,
+    shadow: bool,
+    replays: bool,
+}
+
+impl Settings {
+    /// The rule named `name`, or the first mistake, naming the limit.
+    fn rule(&self, name: &str) -> Result<Rule, BuildError> {
+        let invalid = |e| BuildError::Quota(InvalidQuota::new(name, e));
+        let mut quota = self.quota.clone().map_err(invalid)?;
+        if let Some(burst) = self.burst {
+            quota = quota.with_burst(burst).map_err(invalid)?;
+        }
+        Ok(Rule::builder(name, quota)
+            .algorithm(self.algorithm)
+            .cost(self.cost)
+            .shadow(self.shadow)
+            .honour_replays(self.replays)
+            .build()?)
+    }
+}
+
+/// # Declaring a limit
 impl Limit {
-    /// A limit on every request, with one bucket for all (add [`key`](Self::key) parts to count
-    /// clients apart).
+    /// At most `limit` requests per second.
+    pub fn per_second(name: impl Into<String>, limit: u64) -> Self {
+        Self::quota(name.into(), Quota::per_second(limit))
+    }
+
+    /// At most `limit` requests per minute.
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit};
+    ///
+    /// let login = Limit::per_minute("login", 100).key(KeyPart::client_ip());
+    /// assert_eq!(login.rule().unwrap().quota().limit(), 100);
+    /// ```
+    pub fn per_minute(name: impl Into<String>, limit: u64) -> Self {
+        Self::quota(name.into(), Quota::per_minute(limit))
+    }
+
+    /// At most `limit` requests per hour.
+    pub fn per_hour(name: impl Into<String>, limit: u64) -> Self {
+        Self::quota(name.into(), Quota::per_hour(limit))
+    }
+
+    /// At most `limit` requests per day.
+    pub fn per_day(name: impl Into<String>, limit: u64) -> Self {
+        Self::quota(name.into(), Quota::per_day(limit))
+    }
+
+    /// At most `limit` requests per `period`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{Algorithm, Limit};
+    ///
+    /// // "1,000 requests in any 1 hour interval are allowed, the 1,001st is not."
+    /// let exact = Limit::per_period("hourly", 1000, Duration::from_secs(3600))
+    ///     .algorithm(Algorithm::SlidingLog);
+    /// ```
+    pub fn per_period(name: impl Into<String>, limit: u64, period: Duration) -> Self {
+        Self::quota(name.into(), Quota::new(limit, period))
+    }
+
+    /// At least `interval` between two admitted requests (the quota 1 per `interval`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::{KeyPart, Limit};
+    ///
+    /// let search = Limit::min_interval("search", Duration::from_secs(1)).key(KeyPart::client_ip());
+    /// ```
+    pub fn min_interval(name: impl Into<String>, interval: Duration) -> Self {
+        Self::quota(name.into(), Quota::min_interval(interval))
+    }
+
+    /// A limit of a quota already built.
+    ///
+    /// ```
+    /// use tollgate::{Limit, Quota};
+    ///
+    /// let smooth = Limit::with_quota("smooth", Quota::per_second(10)?.with_burst(2)?);
+    /// # Ok::<(), tollgate::QuotaError>(())
+    /// ```
+    pub fn with_quota(name: impl Into<String>, quota: Quota) -> Self {
+        Self::quota(name.into(), Ok(quota))
+    }
+
+    /// A limit of a rule built by hand, on every request, with one bucket for all (add
+    /// [`key`](Self::key) parts to count clients apart).
+    ///
+    /// ```
+    /// use tollgate::{Limit, Quota, Rule};
+    ///
+    /// let rule = Rule::builder("per_ip", Quota::per_minute(100)?).build()?;
+    /// let per_ip = Limit::new(rule);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(rule: Rule) -> Self {
+        let settings = Settings {
+            quota: Ok(*rule.quota()),
+            burst: None,
+            algorithm: rule.algorithm(),
+            cost: rule.cost(),
+            shadow: rule.is_shadow(),
+            replays: rule.honours_replays(),
+        };
         Self {
-            rule,
+            name: rule.name().to_owned(),
+            settings,
+            rule: Ok(rule),
             scope: Scope::all(),
             key: Vec::new(),
         }
     }
 
+    fn quota(name: String, quota: Result<Quota, QuotaError>) -> Self {
+        let settings = Settings {
+            quota,
+            burst: None,
+            algorithm: Algorithm::default(),
+            cost: 1,
+            shadow: false,
+            replays: false,
+        };
+        Self {
+            rule: settings.rule(&name),
+            name,
+            settings,
+            scope: Scope::all(),
+            key: Vec::new(),
+        }
+    }
+}
+
+/// # How it counts
+impl Limit {
+    /// The algorithm (default: GCRA, smooth; see [`Algorithm`]).
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.settings.algorithm = algorithm;
+        self.rebuilt()
+    }
+
+    /// How many requests may arrive at once (GCRA; default: the limit). See
+    /// [`Quota::with_burst`].
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.settings.burst = Some(burst);
+        self.rebuilt()
+    }
+
+    /// What one request costs (default: 1). A cost above what the quota can ever admit at once
+    /// is a build error.
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.settings.cost = cost;
+        self.rebuilt()
+    }
+
+    /// Shadow mode: evaluate, count and log, never deny (default: off).
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.settings.shadow = shadow;
+        self.rebuilt()
+    }
+
+    /// Lets idempotent replays pass this limit free (default: off); see
+    /// [`RateLimitBuilder::idempotency`](crate::RateLimitBuilder::idempotency). Never for an
+    /// abuse ceiling such as a per-IP login limit: a replay would be a way around it.
+    pub fn honour_replays(mut self, honour: bool) -> Self {
+        self.settings.replays = honour;
+        self.rebuilt()
+    }
+
+    fn rebuilt(mut self) -> Self {
+        self.rule = self.settings.rule(&self.name);
+        self
+    }
+}
+
+/// # Which requests, counted by whom
+impl Limit {
     /// The requests the limit applies to (default: all).
     pub fn scope(mut self, scope: Scope) -> Self {
         self.scope = scope;
@@ -54,9 +243,87 @@ impl Limit {
         self.key.push(part);
         self
     }
+}
 
-    /// The rule.
-    pub fn rule(&self) -> &Rule {
-        &self.rule
+/// # Inspecting
+impl Limit {
+    /// The limit's name, which is its rule's.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The rule, or `None` when the limit has a mistake (see [`mistake`](Self::mistake)).
+    pub fn rule(&self) -> Option<&Rule> {
+        self.rule.as_ref().ok()
+    }
+
+    /// The limit's mistake, if it has one: what [`build`](crate::RateLimitBuilder::build)
+    /// will report.
+    pub fn mistake(&self) -> Option<&BuildError> {
+        self.rule.as_ref().err()
+    }
+}
+
+impl fmt::Debug for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Limit");
+        match &self.rule {
+            Ok(rule) => s.field("rule", rule),
+            Err(mistake) => s.field("name", &self.name).field("mistake", mistake),
+        };
+        s.field("scope", &self.scope)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_make_the_rule_a_builder_would() {
+        let limit = Limit::per_second("search", 10)
+            .burst(2)
+            .algorithm(Algorithm::Gcra)
+            .cost(2)
+            .shadow(true)
+            .honour_replays(true);
+        let by_hand = Rule::builder(
+            "search",
+            Quota::per_second(10).unwrap().with_burst(2).unwrap(),
+        )
+        .cost(2)
+        .shadow(true)
+        .honour_replays(true)
+        .build()
+        .unwrap();
+        let rule = limit.rule().unwrap();
+        assert_eq!(format!("{rule:?}"), format!("{by_hand:?}"));
+        assert_eq!(rule.id(), by_hand.id());
+        // A rule built by hand keeps its settings when one more is changed.
+        let again = Limit::new(by_hand).cost(1);
+        assert_eq!(again.rule().unwrap().quota().burst(), 2);
+        assert!(again.rule().unwrap().is_shadow());
+    }
+
+    #[test]
+    fn mistakes_name_the_limit() {
+        let zero = Limit::per_minute("login", 0);
+        assert!(zero.rule().is_none());
+        assert!(matches!(zero.mistake(), Some(BuildError::Quota(q)) if q.limit() == "login"));
+        let burst = Limit::per_minute("login", 10).burst(0);
+        assert!(burst.mistake().unwrap().to_string().contains("\"login\""));
+        let cost = Limit::per_minute("login", 10).cost(11);
+        assert!(matches!(cost.mistake(), Some(BuildError::Rule(_))));
+        assert!(cost.mistake().unwrap().to_string().contains("\"login\""));
+        let name = Limit::per_minute("log in", 10);
+        assert!(name.mistake().unwrap().to_string().contains("\"log in\""));
+        // Fixed later in the chain: no mistake left.
+        assert!(Limit::per_minute("login", 10)
+            .cost(11)
+            .cost(1)
+            .mistake()
+            .is_none());
     }
 }

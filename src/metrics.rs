@@ -12,11 +12,12 @@ pub(crate) struct Counters {
     pub(crate) errors: AtomicU64,
 }
 
-impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
+/// Counts one more event: the one way every counter here moves.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
 
+impl Counters {
     pub(crate) fn snapshot(&self, name: &str) -> LimitMetrics {
         LimitMetrics {
             name: name.to_owned(),
@@ -33,6 +34,16 @@ impl Counters {
 pub(crate) struct LayerCounters {
     pub(crate) replayed: AtomicU64,
     pub(crate) misconfigured: AtomicU64,
+}
+
+impl LayerCounters {
+    pub(crate) fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn misconfigured(&self) -> u64 {
+        self.misconfigured.load(Ordering::Relaxed)
+    }
 }
 
 /// What one limit decided since the layer was built.

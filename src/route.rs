@@ -41,12 +41,47 @@ enum Segment {
 }
 
 /// A route pattern that could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid route pattern {pattern:?}: {reason}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteError {
     pattern: String,
     reason: &'static str,
+    /// The limit whose scope holds the pattern, if any.
+    limit: Option<Box<str>>,
 }
+
+impl RouteError {
+    /// The pattern as written.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The limit whose scope holds the pattern; `None` for a pattern given to
+    /// [`RateLimitBuilder::routes`](crate::RateLimitBuilder::routes).
+    pub fn limit(&self) -> Option<&str> {
+        self.limit.as_deref()
+    }
+
+    /// The same mistake, found in `limit`'s scope.
+    pub(crate) fn in_limit(mut self, limit: &str) -> Self {
+        self.limit = Some(limit.into());
+        self
+    }
+}
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(limit) = &self.limit {
+            write!(f, "limit {limit:?}: ")?;
+        }
+        write!(
+            f,
+            "invalid route pattern {:?}: {}",
+            self.pattern, self.reason
+        )
+    }
+}
+
+impl std::error::Error for RouteError {}
 
 impl RoutePattern {
     /// Parses a pattern; see [`RoutePattern`] for the syntax.
@@ -54,6 +89,7 @@ impl RoutePattern {
         let error = |reason| RouteError {
             pattern: pattern.to_owned(),
             reason,
+            limit: None,
         };
         let Some(body) = pattern.strip_prefix('/') else {
             return Err(error("a pattern starts with '/'"));
@@ -90,7 +126,8 @@ impl RoutePattern {
         })
     }
 
-    /// Whether `path` (the request's raw path, without the query) matches.
+    /// Whether `path` matches: a request's raw path (without the query), or a route template
+    /// (`/api/v0/instances/{id}/`, whose `{id}` is a segment like any other).
     pub fn matches(&self, path: &str) -> bool {
         let Some(body) = path.strip_prefix('/') else {
             return false;

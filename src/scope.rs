@@ -30,6 +30,18 @@ use crate::route::RoutePattern;
 ///     .method(Method::GET)
 ///     .except(Scope::all().path("/healthz"));
 /// ```
+///
+/// # What a path pattern is matched against
+///
+/// The route template, when one is known: behind axum, the route the router matched
+/// (`/api/v0/instances/{id}/`), as the router the layer is on wrote it. A layer on a router that
+/// is later nested (`Router::nest("/api", router)`) sees the inner router's templates
+/// (`/instances/{id}/`), so its scopes keep their meaning wherever the router is mounted. A
+/// template's `{id}` is a segment like any other: the pattern `/instances/{id}/` matches it,
+/// `/instances/42/` does not (scopes follow the router's routing, not the ids in paths).
+///
+/// Requests with no template (no axum `MatchedPath`: a plain hyper service, a 404 behind axum)
+/// are matched by their raw path, without the query.
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct Scope {
@@ -45,7 +57,9 @@ impl Scope {
         Self::default()
     }
 
-    /// Requests whose path matches `pattern` (see [`RoutePattern`] for the syntax); several
+    /// Requests whose route matches `pattern` (see [`RoutePattern`] for the syntax, and the
+    /// [`Scope` documentation](Scope#what-a-path-pattern-is-matched-against) for what it is
+    /// matched against: the route template when one is known, else the raw path); several
     /// calls add alternatives. Invalid patterns are reported by
     /// [`RateLimitBuilder::build`](crate::RateLimitBuilder::build).
     pub fn path(mut self, pattern: impl Into<String>) -> Self {
@@ -91,7 +105,13 @@ pub(crate) struct ScopeMatcher {
 }
 
 impl ScopeMatcher {
-    /// Whether the scope holds the request; `present(i)` says whether part `i` is in it.
+    /// Whether matching reads the request's path.
+    pub(crate) fn has_paths(&self) -> bool {
+        !self.paths.is_empty() || self.except.iter().any(ScopeMatcher::has_paths)
+    }
+
+    /// Whether the scope holds the request, whose route template (or raw path) is `path`;
+    /// `present(i)` says whether part `i` is in it.
     pub(crate) fn matches<E>(
         &self,
         method: &Method,

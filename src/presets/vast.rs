@@ -60,10 +60,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use tollgate_core::{Algorithm, MemoryStore, Quota, Rule};
+use serde::Serialize;
+use tollgate_core::{Algorithm, MemoryStore, Quota};
 
 use crate::key::{Identifier, KeyPart, SessionUser};
-use crate::response::Denial;
+use crate::response::{json_bytes, Denial};
 use crate::{BuildError, Limit, RateLimitBuilder, RateLimitLayer, Scope};
 
 /// What a refused request's body looks like.
@@ -127,7 +128,8 @@ impl Endpoint {
     }
 }
 
-/// Configures the Vast preset; [`builder`](Self::builder) turns it into a [`RateLimitBuilder`].
+/// Configures the Vast preset; it converts into a [`RateLimitBuilder`]
+/// ([`RateLimitBuilder::from`], or [`builder`](Self::builder)).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Vast {
@@ -210,7 +212,7 @@ impl Vast {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tollgate::core::Quota;
+    /// use tollgate::Quota;
     /// use tollgate::presets::vast::Vast;
     ///
     /// // A higher ceiling for an API used from behind office NATs...
@@ -221,7 +223,7 @@ impl Vast {
     /// let none = Vast::new()
     ///     .default_interval(Duration::from_secs(1))
     ///     .ip_ceiling(None);
-    /// # Ok::<(), tollgate::core::QuotaError>(())
+    /// # Ok::<(), tollgate::QuotaError>(())
     /// ```
     pub fn ip_ceiling(mut self, quota: impl Into<Option<Quota>>) -> Self {
         self.ip_ceiling = quota.into();
@@ -235,34 +237,10 @@ impl Vast {
     }
 
     /// The preset as a layer builder, with a [`MemoryStore`] until
-    /// [`store`](RateLimitBuilder::store) says otherwise.
+    /// [`store`](RateLimitBuilder::store) says otherwise: the same as
+    /// [`RateLimitBuilder::from`].
     pub fn builder(self) -> RateLimitBuilder<MemoryStore> {
-        let mut builder = RateLimitLayer::builder();
-        let mut bodies = Vec::new();
-        match self.limits() {
-            Ok(limits) => {
-                for (limit, body) in limits {
-                    bodies.push((limit.rule().id(), body));
-                    builder = builder.limit(limit);
-                }
-            }
-            Err(error) => builder = builder.error(error),
-        }
-        let bodies: Arc<[(u64, Bytes)]> = bodies.into();
-        let plain = self.body != VastBody::Json;
-        let fallback = self.body_for(None);
-        builder.on_denied(move |denial: &Denial<'_>| {
-            let id = denial.rule().id();
-            let body = bodies
-                .iter()
-                .find(|(rule, _)| *rule == id)
-                .map_or_else(|| fallback.clone(), |(_, body)| body.clone());
-            if plain {
-                denial.plain_text(body)
-            } else {
-                denial.json(body)
-            }
-        })
+        self.into()
     }
 
     /// The 429 body for an endpoint threshold, computed once.
@@ -295,24 +273,28 @@ impl Vast {
             msg.push_str(&detail);
         }
         match self.body {
-            VastBody::Json => Bytes::from(format!(
-                r#"{{"success": false, "error": "rate_limited", "msg": "{msg}"}}"#
-            )),
+            VastBody::Json => json_bytes(&JsonBody {
+                success: false,
+                error: "rate_limited",
+                msg: &msg,
+            })
+            .unwrap_or_default(),
             VastBody::PlainText | VastBody::PlainTextTerse => Bytes::from(msg),
         }
     }
 
-    /// Every limit, with its 429 body.
-    fn limits(&self) -> Result<Vec<(Limit, Bytes)>, BuildError> {
+    /// The preset's own mistakes (its limits carry theirs).
+    fn mistakes(&self) -> Vec<BuildError> {
         let error = |reason: String| BuildError::Preset {
             preset: "vast",
             reason,
         };
+        let mut mistakes = Vec::new();
         if self.default_interval.is_none()
             && self.method_intervals.is_empty()
             && self.endpoints.is_empty()
         {
-            return Err(error(
+            mistakes.push(error(
                 "no interval is configured; set default_interval, method_interval or an endpoint"
                     .to_owned(),
             ));
@@ -322,14 +304,18 @@ impl Vast {
                 .iter()
                 .any(|b| b.route == a.route && b.method == a.method)
             {
-                return Err(error(format!(
+                mistakes.push(error(format!(
                     "endpoint {} {} is configured twice; configure it once",
                     a.method.as_ref().map_or("(any method)", Method::as_str),
                     a.route
                 )));
             }
         }
+        mistakes
+    }
 
+    /// Every limit, with its 429 body.
+    fn limits(&self) -> Vec<(Limit, Bytes)> {
         let mut limits = Vec::new();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let mut scope = endpoint.scope();
@@ -342,13 +328,12 @@ impl Vast {
                 }
             }
             let name = format!("vast.endpoint.{i}");
-            let rule = Rule::builder(&name, Quota::min_interval(endpoint.interval)?).build()?;
             let body = self.body_for(Some(endpoint.interval));
-            limits.push((self.limit(rule, scope.clone(), true), body.clone()));
+            let interval = Limit::min_interval(&name, endpoint.interval);
+            limits.push((self.limit(interval, scope.clone(), true), body.clone()));
             if let Some((calls, period)) = endpoint.max_calls {
-                let cap = Rule::builder(format!("{name}.cap"), Quota::new(calls, period)?)
-                    .algorithm(Algorithm::SlidingLog)
-                    .build()?;
+                let cap = Limit::per_period(format!("{name}.cap"), calls, period)
+                    .algorithm(Algorithm::SlidingLog);
                 limits.push((self.limit(cap, scope, true), body));
             }
         }
@@ -371,9 +356,9 @@ impl Vast {
         for (method, interval) in &self.method_intervals {
             let scope = except_endpoints(Scope::all().method(method.clone()), Some(method));
             let name = format!("vast.{}", method.as_str().to_ascii_lowercase());
-            let rule = Rule::builder(name, Quota::min_interval(*interval)?).build()?;
+            let limit = Limit::min_interval(name, *interval);
             limits.push((
-                self.limit(rule, scope, true),
+                self.limit(limit, scope, true),
                 self.body_for(Some(*interval)),
             ));
         }
@@ -382,26 +367,27 @@ impl Vast {
             for (method, _) in &self.method_intervals {
                 scope = scope.except(Scope::all().method(method.clone()));
             }
-            let rule = Rule::builder("vast.default", Quota::min_interval(interval)?).build()?;
+            let limit = Limit::min_interval("vast.default", interval);
             limits.push((
-                self.limit(rule, scope, false),
+                self.limit(limit, scope, false),
                 self.body_for(Some(interval)),
             ));
         }
         if let Some(quota) = &self.ip_ceiling {
             // Keyed by address alone; applied to every request with a route, as the endpoint
             // limits are (a request without one is outside the preset).
-            let rule = Rule::builder("vast.ip_ceiling", *quota).build()?;
             let routed = Scope::all().except(Scope::all().without(KeyPart::route()));
-            let ceiling = Limit::new(rule).scope(routed).key(KeyPart::client_ip());
+            let ceiling = Limit::with_quota("vast.ip_ceiling", *quota)
+                .scope(routed)
+                .key(KeyPart::client_ip());
             limits.push((ceiling, self.ceiling_body(quota)));
         }
-        Ok(limits)
+        limits
     }
 
-    /// A limit keyed by endpoint (and method, when `by_method`) and identity.
-    fn limit(&self, rule: Rule, scope: Scope, by_method: bool) -> Limit {
-        let mut limit = Limit::new(rule).scope(scope).key(KeyPart::route());
+    /// `limit`, keyed by endpoint (and method, when `by_method`) and identity.
+    fn limit(&self, limit: Limit, scope: Scope, by_method: bool) -> Limit {
+        let mut limit = limit.scope(scope).key(KeyPart::route());
         if by_method {
             limit = limit.key(KeyPart::method());
         }
@@ -411,6 +397,54 @@ impl Vast {
             .key(KeyPart::query(self.api_key_param.clone()).optional())
             .key(KeyPart::client_ip())
     }
+}
+
+/// The preset's limits and 429 bodies on a layer builder.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::presets::vast::Vast;
+/// use tollgate::RateLimitBuilder;
+///
+/// let limiter = RateLimitBuilder::from(Vast::new().default_interval(Duration::from_secs(1))).build()?;
+/// # Ok::<(), tollgate::BuildError>(())
+/// ```
+impl From<Vast> for RateLimitBuilder<MemoryStore> {
+    fn from(preset: Vast) -> Self {
+        let mut builder = RateLimitLayer::builder();
+        for mistake in preset.mistakes() {
+            builder = builder.mistake(mistake);
+        }
+        let limits = preset.limits();
+        let bodies: Arc<[(u64, Bytes)]> = limits
+            .iter()
+            .filter_map(|(limit, body)| Some((limit.rule()?.id(), body.clone())))
+            .collect();
+        let plain = preset.body != VastBody::Json;
+        let fallback = preset.body_for(None);
+        builder
+            .limits(limits.into_iter().map(|(limit, _)| limit))
+            .on_denied(move |denial: &Denial<'_>| {
+                let id = denial.rule().id();
+                let body = bodies
+                    .iter()
+                    .find(|(rule, _)| *rule == id)
+                    .map_or_else(|| fallback.clone(), |(_, body)| body.clone());
+                if plain {
+                    denial.plain_text(body)
+                } else {
+                    denial.json_bytes(body)
+                }
+            })
+    }
+}
+
+/// Vast's JSON 429 body.
+#[derive(Serialize)]
+struct JsonBody<'a> {
+    success: bool,
+    error: &'a str,
+    msg: &'a str,
 }
 
 /// Seconds written naturally: `1`, `0.5`, `2.25`, `0.001`.
@@ -468,24 +502,18 @@ mod tests {
 
     #[test]
     fn the_ceiling_is_on_by_default_and_keyed_by_address_alone() {
-        let limits = |vast: Vast| {
-            vast.default_interval(Duration::from_secs(1))
-                .limits()
-                .unwrap()
-        };
+        let limits = |vast: Vast| vast.default_interval(Duration::from_secs(1)).limits();
         let with = limits(Vast::new());
         let (ceiling, _) = with.last().unwrap();
-        assert_eq!(ceiling.rule().name(), "vast.ip_ceiling");
+        assert_eq!(ceiling.rule().unwrap().name(), "vast.ip_ceiling");
         assert_eq!(
-            *ceiling.rule().quota(),
+            *ceiling.rule().unwrap().quota(),
             Quota::per_minute(DEFAULT_IP_CEILING).unwrap()
         );
         assert_eq!(ceiling.key, [KeyPart::client_ip()]);
         let without = limits(Vast::new().ip_ceiling(None));
         assert_eq!(without.len() + 1, with.len());
-        assert!(without
-            .iter()
-            .all(|(l, _)| l.rule().name() != "vast.ip_ceiling"));
+        assert!(without.iter().all(|(l, _)| l.name() != "vast.ip_ceiling"));
     }
 
     #[test]

@@ -51,28 +51,29 @@
 //! abuse ceiling of the login and signup routes, and an Idempotency-Key must not be a way past
 //! it.
 
-use std::time::Duration;
-
-use tollgate_core::{Algorithm, MemoryStore, Quota, Rule};
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use tollgate_core::{Algorithm, MemoryStore};
 
 use crate::key::{Identifier, KeyPart, TokenId};
-use crate::response::Denial;
-use crate::{BuildError, Idempotency, Limit, RateLimitBuilder, RateLimitLayer, Scope};
+use crate::response::{default_denial, Denial, FailureTemplate};
+use crate::{Idempotency, Limit, RateLimitBuilder, RateLimitLayer, Scope};
 
 /// The name of the per-token rule.
 pub const PER_TOKEN: &str = "per_token";
 /// The name of the per-IP rule.
 pub const PER_IP: &str = "per_ip";
 
-/// Configures the VMArea preset; [`builder`](Self::builder) turns it into a
-/// [`RateLimitBuilder`] for the store, trusted proxies and any other setting.
+/// Configures the VMArea preset; it converts into a [`RateLimitBuilder`]
+/// ([`RateLimitBuilder::from`], or [`builder`](Self::builder)) for the store, trusted proxies
+/// and any other setting.
 ///
 /// ```
 /// use tollgate::presets::vmarea::VmArea;
+/// use tollgate::RateLimitBuilder;
 ///
-/// let limiter = VmArea::new()
-///     .strict(true)
-///     .builder()
+/// let limiter = RateLimitBuilder::from(VmArea::new().strict(true))
 ///     .trusted_proxies(["10.0.0.0/8"])
 ///     .build()?;
 /// assert_eq!(limiter.metrics().limits.len(), 2);
@@ -156,33 +157,17 @@ impl VmArea {
     }
 
     /// The preset as a layer builder, with a [`MemoryStore`] until
-    /// [`store`](RateLimitBuilder::store) says otherwise.
+    /// [`store`](RateLimitBuilder::store) says otherwise: the same as
+    /// [`RateLimitBuilder::from`].
     pub fn builder(self) -> RateLimitBuilder<MemoryStore> {
-        let mut builder = RateLimitLayer::builder();
-        match self.limits() {
-            Ok(limits) => {
-                for limit in limits {
-                    builder = builder.limit(limit);
-                }
-            }
-            Err(error) => builder = builder.error(error),
-        }
-        if let Some(idempotency) = self.idempotency {
-            builder = builder.idempotency(idempotency);
-        }
-        builder.on_denied(deny)
+        self.into()
     }
 
-    fn limits(&self) -> Result<[Limit; 2], BuildError> {
-        let minute = Duration::from_secs(60);
-        let rule = |name, limit, replays| -> Result<Rule, BuildError> {
-            Ok(Rule::builder(name, Quota::new(limit, minute)?)
-                .algorithm(self.algorithm)
-                .honour_replays(replays)
-                .build()?)
-        };
-        let replays = self.idempotency.is_some();
-        let per_token = Limit::new(rule(PER_TOKEN, self.per_token, replays)?)
+    fn limits(&self) -> [Limit; 2] {
+        let bucket =
+            |name, per_minute| Limit::per_minute(name, per_minute).algorithm(self.algorithm);
+        let per_token = bucket(PER_TOKEN, self.per_token)
+            .honour_replays(self.idempotency.is_some())
             .scope(Scope::all().path(&self.api_path))
             .key(self.token.clone());
         let ip_scope = if self.strict {
@@ -190,28 +175,50 @@ impl VmArea {
         } else {
             Scope::all().without(self.token.clone())
         };
-        let per_ip = Limit::new(rule(PER_IP, self.per_ip, false)?)
+        let per_ip = bucket(PER_IP, self.per_ip)
             .scope(ip_scope)
             .key(KeyPart::client_ip());
-        Ok([per_token, per_ip])
+        [per_token, per_ip]
     }
 }
 
-/// The VMArea 429 body, naming the bucket that tripped.
-fn deny(denial: &Denial<'_>) -> http::Response<http_body_util::Full<bytes::Bytes>> {
-    let bucket = match denial.rule().name() {
-        PER_TOKEN => "API token",
-        PER_IP => "IP address",
-        _ => {
-            return denial.json(format!(
-                r#"{{"success": false, "error": "Rate limit exceeded. Retry after {}."}}"#,
-                denial.retry_after_secs()
-            ))
+/// The preset's limits, idempotency and 429 body on a layer builder.
+///
+/// ```
+/// use tollgate::presets::vmarea::VmArea;
+/// use tollgate::RateLimitBuilder;
+///
+/// let limiter = RateLimitBuilder::from(VmArea::new()).build()?;
+/// # Ok::<(), tollgate::BuildError>(())
+/// ```
+impl From<VmArea> for RateLimitBuilder<MemoryStore> {
+    fn from(preset: VmArea) -> Self {
+        let builder = RateLimitLayer::builder()
+            .limits(preset.limits())
+            .on_denied(deny(&preset));
+        match preset.idempotency {
+            Some(idempotency) => builder.idempotency(idempotency),
+            None => builder,
         }
+    }
+}
+
+/// The VMArea 429 body, naming the bucket that tripped: its two messages are serialized once.
+fn deny(preset: &VmArea) -> impl Fn(&Denial<'_>) -> Response<Full<Bytes>> + Send + Sync + 'static {
+    let bucket = |noun: &str, per_minute: u64| {
+        FailureTemplate::new(
+            &format!("Rate limit exceeded for this {noun}: {per_minute} requests per minute. Retry after "),
+            ".",
+        )
     };
-    denial.json(format!(
-        r#"{{"success": false, "error": "Rate limit exceeded for this {bucket}: {} requests per minute. Retry after {}."}}"#,
-        denial.rule().quota().limit(),
-        denial.retry_after_secs()
-    ))
+    let per_token = bucket("API token", preset.per_token);
+    let per_ip = bucket("IP address", preset.per_ip);
+    move |denial: &Denial<'_>| {
+        let body = match denial.rule().name() {
+            PER_TOKEN => &per_token,
+            PER_IP => &per_ip,
+            _ => return default_denial(denial),
+        };
+        denial.json_bytes(body.with(denial.retry_after_secs()))
+    }
 }

@@ -21,9 +21,9 @@ use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use http::{Method, StatusCode};
-use tollgate::core::{MemoryStore, Quota, Rule};
 use tollgate::presets::vast::Vast;
 use tollgate::{ForwardedHeader, Idempotency, KeyPart, Limit, RateLimitLayer};
+use tollgate::{MemoryStore, Quota, Rule};
 
 use crate::support::TestClient;
 

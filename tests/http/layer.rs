@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use http::{HeaderName, Method, StatusCode};
-use tollgate::core::{Check, ManualClock, MemoryStore, Outcome, Quota, Replay, Rule, Store};
+use tollgate::{Check, ManualClock, MemoryStore, Outcome, Quota, Replay, Rule, Store};
 use tollgate::{
     Denial, ForwardedHeader, HeaderStyle, KeyPart, Limit, RateLimitLayer, ResetFormat, Scope,
 };
@@ -383,7 +383,7 @@ async fn with_options(
     let builder = RateLimitLayer::builder().store(store).limit(
         Limit::new(
             Rule::builder("per_ip", Quota::per_minute(2).unwrap())
-                .algorithm(tollgate::core::Algorithm::FixedWindow)
+                .algorithm(tollgate::Algorithm::FixedWindow)
                 .build()
                 .unwrap(),
         )
@@ -452,7 +452,7 @@ async fn reset_as_unix_time() {
 async fn a_custom_429_builder_gets_the_denial() {
     let client = with_options(|b| {
         b.on_denied(|denial: &Denial<'_>| {
-            let mut response = denial.json(format!(
+            let mut response = denial.json_bytes(format!(
                 r#"{{"rule": "{}", "wait": {}, "path": "{}"}}"#,
                 denial.rule().name(),
                 denial.retry_after_secs(),

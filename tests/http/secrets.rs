@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::routing::get;
 use axum::Router;
 use http::{Method, StatusCode};
-use tollgate::core::{Check, KeySecret, MemoryStore, Outcome, Quota, Replay, Rule, Store};
+use tollgate::{Check, KeySecret, MemoryStore, Outcome, Quota, Replay, Rule, Store};
 use tollgate::{KeyPart, Limit, RateLimitLayer};
 
 use crate::support::{serve_axum, TestClient};
@@ -85,7 +85,7 @@ async fn a_denial_debug_output_names_the_rule_and_no_secret() {
         )
         .on_denied(move |denial| {
             sink.lock().unwrap().push(format!("{denial:?}"));
-            denial.json("{}")
+            denial.json_bytes("{}")
         })
         .build()
         .unwrap();
@@ -220,10 +220,10 @@ fn a_shared_store_with_the_public_default_secret_is_warned_about_once() {
         .build()
         .unwrap()
     };
-    build(Some(KeySecret::from_bytes(*b"0123456789abcdef")));
+    drop(build(Some(KeySecret::from_bytes(*b"0123456789abcdef"))));
     assert_eq!(lines_with(&logs.text(), "public default KeySecret"), 0);
-    build(None);
-    build(None);
+    drop(build(None));
+    drop(build(None));
     let text = logs.text();
     assert_eq!(lines_with(&text, "public default KeySecret"), 1, "{text}");
     // A store of this process only: nothing to warn about.

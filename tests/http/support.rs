@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tollgate::core::{ManualClock, MemoryStore};
+use tollgate::{ManualClock, MemoryStore};
 use tollgate::{SessionUser, TokenId};
 
 /// An instant on a minute boundary (1_700_000_040 is a multiple of 60), in nanoseconds.

@@ -6,9 +6,9 @@ use axum::extract::Path;
 use axum::routing::{get, put};
 use axum::Router;
 use http::{Method, StatusCode};
-use tollgate::core::{ManualClock, MemoryStore, Quota};
 use tollgate::presets::vast::{Endpoint, Vast, VastBody};
 use tollgate::RateLimitLayer;
+use tollgate::{ManualClock, MemoryStore, Quota};
 
 use crate::support::{fake_auth, manual_store, serve_axum, Headers, Reply, TestClient};
 

@@ -5,9 +5,9 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 use http::{Method, StatusCode};
-use tollgate::core::{ManualClock, MemoryStore};
 use tollgate::presets::vmarea::VmArea;
 use tollgate::RateLimitLayer;
+use tollgate::{ManualClock, MemoryStore};
 
 use crate::support::{fake_auth, manual_store, serve_axum, TestClient};
 
@@ -462,8 +462,8 @@ mod replay_bodies {
     use axum::routing::post;
     use axum::Router;
     use http::{Method, StatusCode};
-    use tollgate::core::{Quota, Rule};
     use tollgate::{Idempotency, KeyPart, Limit, RateLimitLayer};
+    use tollgate::{Quota, Rule};
 
     use crate::support::{raw_status_line, serve_axum, Reply, TestClient};
 

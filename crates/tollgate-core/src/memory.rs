@@ -872,7 +872,7 @@ impl<C: Clock> Store for MemoryStore<C> {
         std::future::ready(Ok(self.decide(checks, replay, Mode::Charge)))
     }
 
-    fn check_ready(
+    fn check_immediately(
         &self,
         checks: &[Check<'_>],
         replay: Option<&Replay>,

@@ -65,9 +65,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Outcome, Self::Error>> + Send;
 
     /// Decides at once, for a store that can without waiting (the memory store), with the same
-    /// answer [`check`](Self::check) would give. `None` (the default) sends the caller to
-    /// `check`. A caller on a hot path, such as the HTTP layer, then needs no future at all.
-    fn check_ready(
+    /// answer [`check`](Self::check) would give, charging the same way. `None` (the default)
+    /// sends the caller to `check`. A caller on a hot path, such as the HTTP layer, then needs
+    /// no future at all.
+    ///
+    /// This is not tower's readiness (`poll_ready`): it decides a request, it does not ask
+    /// whether the store could take one.
+    fn check_immediately(
         &self,
         checks: &[Check<'_>],
         replay: Option<&Replay>,

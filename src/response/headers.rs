@@ -1,26 +1,16 @@
-//! What clients are told: rate-limit headers on every response, and the 429 (or 503, or 500)
-//! the layer answers by itself.
-//!
-//! Admitted responses carry `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
-//! `X-RateLimit-Reset`, figures of the most restrictive applicable rule
-//! ([`Outcome::binding`](tollgate_core::Outcome::binding)). A denial adds `Retry-After` in whole
-//! seconds, rounded up and at least 1 (a rounded-down value makes clients retry too early and
-//! fail again), and a body built by the denial responder: a JSON default, a preset's, or a
-//! closure given to [`RateLimitBuilder::on_denied`](crate::RateLimitBuilder::on_denied).
+//! Header rendering: the rate-limit fields every response carries, kept as figures until the
+//! response is written.
 //!
 //! Options ([`HeaderStyle`], [`ResetFormat`], `Access-Control-Expose-Headers`) are fixed when the
 //! layer is built; header names and static values are precomputed, and small numbers come from a
 //! shared table, so the common path formats nothing.
 
-use std::fmt;
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri};
-use http_body_util::Full;
+use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 use tollgate_core::{Decision, Rule};
 
@@ -34,9 +24,6 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11).
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 /// Which rate-limit fields responses carry. `Retry-After` is sent on every 429 whatever the
 /// style: it is the standard (RFC 9110) way to say when to come back.
@@ -75,139 +62,6 @@ pub enum ResetFormat {
     /// The Unix time (seconds, rounded up) at which the window resets, from the system clock.
     UnixTime,
 }
-
-/// Why a request was refused, for a denial responder to build its answer from.
-///
-/// ```
-/// use tollgate::{Denial, RateLimitLayer};
-///
-/// let layer = RateLimitLayer::builder()
-///     .on_denied(|denial: &Denial<'_>| {
-///         denial.json(format!(
-///             r#"{{"error": "slow down", "rule": "{}", "retry_after": {}}}"#,
-///             denial.rule().name(),
-///             denial.retry_after_secs(),
-///         ))
-///     })
-///     .build()?;
-/// # Ok::<(), tollgate::BuildError>(())
-/// ```
-pub struct Denial<'a> {
-    pub(crate) rule: &'a Rule,
-    pub(crate) decision: &'a Decision,
-    pub(crate) method: &'a Method,
-    pub(crate) uri: &'a Uri,
-    pub(crate) headers: &'a HeaderMap,
-}
-
-/// Shows what was refused and why, never the request's secrets: the path without its query
-/// (which may hold an `api_key`), and how many headers there were, not their values
-/// (`Authorization`, cookies).
-impl fmt::Debug for Denial<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Denial")
-            .field("rule", &self.rule.name())
-            .field("decision", self.decision)
-            .field("method", self.method)
-            .field("path", &self.uri.path())
-            .field(
-                "headers",
-                &format_args!("<{} redacted>", self.headers.len()),
-            )
-            .finish()
-    }
-}
-
-impl<'a> Denial<'a> {
-    /// The rule that refused the request (the one with the longest wait when several did).
-    pub fn rule(&self) -> &'a Rule {
-        self.rule
-    }
-
-    /// That rule's decision.
-    pub fn decision(&self) -> &'a Decision {
-        self.decision
-    }
-
-    /// The exact time until the request would pass.
-    pub fn retry_after(&self) -> Duration {
-        self.decision.retry_after.unwrap_or(Duration::from_secs(1))
-    }
-
-    /// The `Retry-After` value: [`retry_after`](Self::retry_after) in whole seconds, rounded up,
-    /// at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
-        retry_after_secs(self.retry_after())
-    }
-
-    /// The refused request's method.
-    pub fn method(&self) -> &'a Method {
-        self.method
-    }
-
-    /// The refused request's URI. Mind that it may hold secrets (an `api_key` parameter).
-    pub fn uri(&self) -> &'a Uri {
-        self.uri
-    }
-
-    /// The refused request's headers. Mind that they hold secrets.
-    pub fn headers(&self) -> &'a HeaderMap {
-        self.headers
-    }
-
-    /// A `429 Too Many Requests` with `body` as `application/json`. The body is sent as given:
-    /// escape what you put in it.
-    pub fn json(&self, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-        respond(StatusCode::TOO_MANY_REQUESTS, APPLICATION_JSON, body.into())
-    }
-
-    /// A `429 Too Many Requests` with `body` as `text/plain; charset=utf-8`.
-    pub fn plain_text(&self, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-        respond(StatusCode::TOO_MANY_REQUESTS, TEXT_PLAIN, body.into())
-    }
-}
-
-/// Builds the answer to a refused request.
-pub(crate) type Responder = Arc<dyn Fn(&Denial<'_>) -> Response<Full<Bytes>> + Send + Sync>;
-
-/// The default denial body: `{"success": false, "error": "Rate limit exceeded. Retry after N."}`.
-pub(crate) fn default_responder() -> Responder {
-    Arc::new(|denial: &Denial<'_>| {
-        denial.json(format!(
-            r#"{{"success": false, "error": "Rate limit exceeded. Retry after {}."}}"#,
-            denial.retry_after_secs()
-        ))
-    })
-}
-
-fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, content_type);
-    response
-}
-
-/// `503`: the store could not decide.
-pub(crate) fn unavailable() -> Response<Full<Bytes>> {
-    respond(
-        StatusCode::SERVICE_UNAVAILABLE,
-        APPLICATION_JSON,
-        Bytes::from_static(br#"{"success": false, "error": "rate limiter unavailable"}"#),
-    )
-}
-
-/// `500`: the server gives the layer no peer address to key clients by.
-pub(crate) fn missing_peer_addr() -> Response<Full<Bytes>> {
-    respond(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        APPLICATION_JSON,
-        Bytes::from_static(MISSING_PEER_ADDR_BODY.as_bytes()),
-    )
-}
-
-/// What the 500 (and the log line) say when no peer address is found.
-pub(crate) const MISSING_PEER_ADDR: &str = "rate limiter misconfigured: the request has no peer address; with axum serve the router with into_make_service_with_connect_info::<SocketAddr>(), with hyper insert the connection's SocketAddr as a request extension";
-const MISSING_PEER_ADDR_BODY: &str = r#"{"success": false, "error": "rate limiter misconfigured: the request has no peer address; with axum serve the router with into_make_service_with_connect_info::<SocketAddr>(), with hyper insert the connection's SocketAddr as a request extension"}"#;
 
 /// The rate-limit fields to add to one response, kept as figures until written.
 #[derive(Debug, Default)]
@@ -268,19 +122,16 @@ pub(crate) struct HeaderWriter {
 impl HeaderWriter {
     pub(crate) fn new(style: HeaderStyle, reset: ResetFormat, expose: bool) -> Self {
         let expose = expose.then(|| {
-            let mut names = SmallVec::<[&str; 6]>::new();
+            let mut names = SmallVec::<[HeaderName; 6]>::new();
             if style.x_ratelimit() {
-                names.extend([
-                    "x-ratelimit-limit",
-                    "x-ratelimit-remaining",
-                    "x-ratelimit-reset",
-                ]);
+                names.extend([X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET]);
             }
             if style.ietf() {
-                names.extend(["ratelimit-policy", "ratelimit"]);
+                names.extend([RATELIMIT_POLICY, RATELIMIT]);
             }
-            names.push("retry-after");
-            HeaderValue::from_str(&names.join(", "))
+            names.push(RETRY_AFTER);
+            let list: SmallVec<[&str; 6]> = names.iter().map(HeaderName::as_str).collect();
+            HeaderValue::from_str(&list.join(", "))
                 .unwrap_or(HeaderValue::from_static("retry-after"))
         });
         Self {

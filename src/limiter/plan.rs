@@ -1,0 +1,304 @@
+//! Planning: which limits a request meets, and under which keys.
+
+use std::sync::atomic::Ordering;
+
+use smallvec::{smallvec, SmallVec};
+use tollgate_core::{Check, Key, Outcome, Replay, Store};
+
+use super::compile::CompiledLimit;
+use super::Limiter;
+use crate::client_ip::MissingPeerAddr;
+use crate::head::RequestHead;
+use crate::key::{bearer_tokens, header_values, push_values, query_values, Source};
+use crate::metrics::bump;
+use crate::response::MISSING_PEER_ADDR;
+use crate::route::RoutePattern;
+
+/// The limits that apply to one request, each with its key.
+pub(crate) struct Plan {
+    checks: SmallVec<[(LimitId, Key); 4]>,
+    replay: Option<Replay>,
+}
+
+/// A limit of the limiter that made the plan. Only [`Limiter::plan`] makes one, from the
+/// limiter's own list, and a plan is only ever used with the limiter that made it (the layer
+/// keeps them together), so [`Limiter::limit`] always finds it.
+#[derive(Clone, Copy)]
+pub(super) struct LimitId(usize);
+
+impl Plan {
+    /// How many limits apply.
+    pub(super) fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    /// The applicable limits with their keys, in order.
+    pub(super) fn checks(&self) -> impl Iterator<Item = (LimitId, Key)> + '_ {
+        self.checks.iter().copied()
+    }
+
+    /// The limit of check `i`, for an `i` below [`len`](Self::len) (a store's `binding`, once
+    /// `verdict` has checked it is one).
+    pub(super) fn limit_of(&self, i: usize) -> LimitId {
+        self.checks[i].0
+    }
+}
+
+/// A key part of the request being planned, read at most once.
+#[derive(Clone, Copy)]
+enum Part {
+    Unread,
+    Absent,
+    Present(Key),
+}
+
+impl<S> Limiter<S> {
+    /// The limit a plan refers to.
+    pub(super) fn limit(&self, id: LimitId) -> &CompiledLimit {
+        &self.limits[id.0]
+    }
+
+    /// The limits a plan applies, in order.
+    pub(super) fn applied<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> impl Iterator<Item = &'a CompiledLimit> + 'a {
+        plan.checks().map(|(id, _)| self.limit(id))
+    }
+}
+
+impl<S: Store> Limiter<S> {
+    /// The limits that apply to the request and their keys; `None` when none applies. An error
+    /// when a limit needs the client address and the server provides none.
+    pub(crate) fn plan(&self, req: &RequestHead<'_>) -> Result<Option<Plan>, MissingPeerAddr> {
+        let mut parts: SmallVec<[Part; 8]> = smallvec![Part::Unread; self.sources.len()];
+        let path = if self.path_scopes {
+            scope_path(req)
+        } else {
+            ""
+        };
+        let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
+        'limits: for (index, limit) in self.limits.iter().enumerate() {
+            let applies = {
+                let mut present = |i| self.part(i, req, &mut parts).map(|p| p.is_some());
+                limit.scope.matches(req.method(), path, &mut present)?
+            };
+            if !applies {
+                continue;
+            }
+            let mut key = self.secret.key();
+            for &(i, required) in &limit.parts {
+                match self.part(i, req, &mut parts)? {
+                    Some(part) => key.push(&part.as_u128().to_le_bytes()),
+                    None if required => continue 'limits,
+                    None => key.push(&[]),
+                }
+            }
+            checks.push((LimitId(index), key.finish()));
+        }
+        if checks.is_empty() {
+            return Ok(None);
+        }
+        let replay = self
+            .idempotency
+            .as_ref()
+            .filter(|idempotency| idempotency.applies_to(req.method()))
+            .filter(|_| {
+                checks
+                    .iter()
+                    .any(|&(id, _)| self.limit(id).rule.honours_replays())
+            })
+            .and_then(|idempotency| {
+                // The same request: its template, or its path when it has none.
+                let route = self.find_route(req).unwrap_or(req.uri().path());
+                idempotency.replay(&self.secret, req, route, checks.iter().map(|&(_, key)| key))
+            });
+        Ok(Some(Plan { checks, replay }))
+    }
+
+    /// The store's checks for a plan.
+    fn store_checks(&self, plan: &Plan) -> SmallVec<[Check<'_>; 4]> {
+        plan.checks()
+            .map(|(id, key)| Check {
+                rule: &self.limit(id).rule,
+                key,
+            })
+            .collect()
+    }
+
+    /// The store's answer, if it gives it without waiting (`Store::check_immediately`).
+    pub(crate) fn check_immediately(&self, plan: &Plan) -> Option<Result<Outcome, S::Error>> {
+        self.store
+            .check_immediately(&self.store_checks(plan), plan.replay.as_ref())
+    }
+
+    /// Asks the store about the planned checks.
+    pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
+        let checks = self.store_checks(plan);
+        self.store.check(&checks, plan.replay.as_ref()).await
+    }
+
+    /// The digest of key part `i` (a number the compiled limits and scopes hold, so an index
+    /// of `self.sources`, as long as `cache`), reading and hashing it on first use.
+    fn part(
+        &self,
+        i: usize,
+        req: &RequestHead<'_>,
+        cache: &mut [Part],
+    ) -> Result<Option<Key>, MissingPeerAddr> {
+        match cache[i] {
+            Part::Present(key) => return Ok(Some(key)),
+            Part::Absent => return Ok(None),
+            Part::Unread => {}
+        }
+        let source = &self.sources[i];
+        let mut key = self.secret.key().part(&source.tag);
+        let found = match &source.source {
+            Source::ClientIp => {
+                let group = self
+                    .client_ip
+                    .client_group(req.headers(), req.extensions())
+                    .inspect_err(|_| self.report_missing_peer())?;
+                key.push(group.as_bytes());
+                true
+            }
+            // Every occurrence counts: see `crate::key` for the one reading of repeats.
+            Source::BearerToken => push_values(&mut key, bearer_tokens(req.headers())),
+            Source::Header(name) => push_values(&mut key, header_values(req.headers(), name)),
+            Source::Query(name) => req
+                .uri()
+                .query()
+                .is_some_and(|q| push_values(&mut key, query_values(q, name))),
+            Source::Extension(ext) => (ext.write)(req.extensions(), &mut key),
+            Source::Route => self.route(req).map(|r| key.push(r.as_bytes())).is_some(),
+            Source::Method => {
+                key.push(req.method().as_str().as_bytes());
+                true
+            }
+            Source::Custom(custom) => (custom.write)(req, &mut key),
+        };
+        let digest = found.then(|| key.finish());
+        cache[i] = digest.map_or(Part::Absent, Part::Present);
+        Ok(digest)
+    }
+
+    /// The request's route template, for a limit keyed by route: [`find_route`](Self::find_route),
+    /// telling once when a request has none.
+    fn route<'r>(&'r self, req: &RequestHead<'r>) -> Option<&'r str> {
+        let found = self.find_route(req);
+        if found.is_none() && !self.warned_no_route.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "tollgate: a request matched no route (no axum MatchedPath, no pattern given to \
+                 RateLimitBuilder::routes), so limits keyed by route do not apply to it; this is \
+                 expected for 404s, otherwise mount the layer with Router::layer/route_layer or \
+                 give the route patterns to the layer (logged once)"
+            );
+        }
+        found
+    }
+
+    /// The request's route template: axum's `MatchedPath` (whole, from the outermost router),
+    /// else the first configured pattern that matches the path.
+    fn find_route<'r>(&'r self, req: &RequestHead<'r>) -> Option<&'r str> {
+        #[cfg(feature = "axum")]
+        if let Some(matched) = req.extensions().get::<axum::extract::MatchedPath>() {
+            return Some(matched.as_str());
+        }
+        let path = req.uri().path();
+        self.routes
+            .iter()
+            .find(|p| p.matches(path))
+            .map(RoutePattern::as_str)
+    }
+
+    fn report_missing_peer(&self) {
+        bump(&self.counters.misconfigured);
+        if !self.warned_no_peer.swap(true, Ordering::Relaxed) {
+            tracing::error!("{MISSING_PEER_ADDR} (logged once)");
+        } else {
+            tracing::debug!("{MISSING_PEER_ADDR}");
+        }
+    }
+}
+
+/// What scope patterns are matched against: the route template the router matched, as the
+/// router the layer sits on wrote it, when one is known; else the raw path.
+///
+/// axum gives a layer the template of the whole app (`MatchedPath`: `/api/items/{id}`), also
+/// inside a router that was nested (`Router::nest("/api", items)`), where the layer sees the
+/// path with the prefix stripped (`/items/7`) and the prefix in `NestedPath` (`/api`). Cutting
+/// that prefix gives the template the inner router wrote (`/items/{id}`), so a limiter's scopes
+/// mean the same before and after its router is nested.
+fn scope_path<'r>(req: &RequestHead<'r>) -> &'r str {
+    #[cfg(feature = "axum")]
+    if let Some(template) = relative_template(req.extensions()) {
+        return template;
+    }
+    req.uri().path()
+}
+
+/// axum's `MatchedPath`, less the prefix the layer's router is nested at, if any.
+#[cfg(feature = "axum")]
+fn relative_template(extensions: &http::Extensions) -> Option<&str> {
+    let matched = extensions.get::<axum::extract::MatchedPath>()?.as_str();
+    let Some(nested) = extensions.get::<axum::extract::NestedPath>() else {
+        return Some(matched);
+    };
+    match matched.strip_prefix(nested.as_str().trim_end_matches('/'))? {
+        // The router's own `/`, nested at the prefix itself.
+        "" => Some("/"),
+        rest if rest.starts_with('/') => Some(rest),
+        // Not the nesting the prefix claims: the raw path, which axum has stripped.
+        _ => None,
+    }
+}
+
+#[cfg(all(test, feature = "axum"))]
+mod tests {
+    use super::*;
+
+    /// `MatchedPath` and `NestedPath` cannot be built outside axum: route a request through a
+    /// router nested at `prefix` and read what a layer inside it sees.
+    async fn seen(prefix: &str, route: &str, path: &str) -> Option<String> {
+        use axum::routing::get;
+        use tower::ServiceExt;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(relative_template(req.extensions()).map(str::to_owned));
+                    next.run(req).await
+                }
+            },
+        );
+        let inner = axum::Router::new()
+            .route(route, get(|| async { "" }))
+            .layer(probe);
+        let app = axum::Router::new().nest(prefix, inner);
+        let request = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let _ = app.oneshot(request).await;
+        rx.try_recv().ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn the_template_is_the_inner_routers() {
+        assert_eq!(
+            seen("/api", "/items/{id}", "/api/items/7").await.as_deref(),
+            Some("/items/{id}")
+        );
+        assert_eq!(seen("/api", "/", "/api").await.as_deref(), Some("/"));
+        assert_eq!(
+            seen("/api/", "/items", "/api/items").await.as_deref(),
+            Some("/items")
+        );
+        assert_eq!(
+            seen("/orgs/{org}", "/vms/{id}", "/orgs/acme/vms/7")
+                .await
+                .as_deref(),
+            Some("/vms/{id}")
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! The verdict: what the store's answer means for the client, in four steps: check the answer,
+//! count it, render the headers, and, when denied, build the refusal.
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use tollgate_core::{Outcome, Store};
+
+use super::plan::Plan;
+use super::Limiter;
+use crate::head::RequestHead;
+use crate::metrics::bump;
+use crate::response::{unavailable, Denial, RateLimitHeaders, Reported};
+
+/// What to do with a decided request.
+pub(crate) enum Verdict {
+    /// Call the inner service and add these headers to its response.
+    Admit(RateLimitHeaders),
+    /// Answer with this response; the inner service is not called.
+    Respond(Response<Full<Bytes>>),
+}
+
+/// Why a store's answer cannot be used.
+enum Unusable<E> {
+    Failed(E),
+    Nonsense(&'static str),
+}
+
+impl<S: Store> Limiter<S> {
+    /// What the store's answer means for the client; counts it and logs what deserves it.
+    pub(crate) fn verdict(
+        &self,
+        plan: &Plan,
+        answer: Result<Outcome, S::Error>,
+        req: &RequestHead<'_>,
+    ) -> Verdict {
+        let Some(outcome) = self.usable(plan, answer) else {
+            return Verdict::Respond(unavailable());
+        };
+        self.count(plan, &outcome);
+        let headers = self.headers_for(plan, &outcome);
+        if outcome.allowed {
+            Verdict::Admit(headers)
+        } else {
+            Verdict::Respond(self.deny(plan, &outcome, headers, req))
+        }
+    }
+
+    /// The store's outcome, if it is an answer to this plan: one decision per check, and a
+    /// binding decision among them. Otherwise it is logged, counted as an error of every
+    /// applicable limit, and `None` (the client gets a 503).
+    fn usable(&self, plan: &Plan, answer: Result<Outcome, S::Error>) -> Option<Outcome> {
+        let unusable = match answer {
+            Ok(outcome) if outcome.decisions.len() != plan.len() => {
+                Unusable::Nonsense("answered with the wrong number of decisions")
+            }
+            Ok(outcome) if outcome.binding.is_some_and(|b| b >= plan.len()) => {
+                Unusable::Nonsense("named a binding decision it did not make")
+            }
+            Ok(outcome) => return Some(outcome),
+            Err(error) => Unusable::Failed(error),
+        };
+        if let Some(suppressed) = self.store_log.permit() {
+            match unusable {
+                Unusable::Failed(error) => {
+                    tracing::error!(%error, suppressed, "rate limiter store failed; answering 503");
+                }
+                Unusable::Nonsense(what) => tracing::error!(
+                    checks = plan.len(),
+                    suppressed,
+                    "rate limiter store {what}; answering 503"
+                ),
+            }
+        }
+        self.applied(plan).for_each(|l| bump(&l.counters.errors));
+        None
+    }
+
+    /// Counts each limit's decision: allowed, denied or shadow-denied (logged, throttled).
+    fn count(&self, plan: &Plan, outcome: &Outcome) {
+        for (limit, decision) in self.applied(plan).zip(&outcome.decisions) {
+            let counters = &limit.counters;
+            if limit.rule.is_shadow() && !decision.allowed {
+                bump(&counters.shadow_denied);
+                if let Some(suppressed) = limit.shadow_log.permit() {
+                    tracing::info!(
+                        rule = limit.rule.name(),
+                        retry_after_ms = decision.retry_after.map_or(0, |d| d.as_millis()),
+                        suppressed,
+                        "shadow rule would have denied the request"
+                    );
+                }
+            } else if outcome.allowed {
+                bump(&counters.allowed);
+            } else if !decision.allowed {
+                bump(&counters.denied);
+            }
+        }
+        if outcome.replayed {
+            bump(&self.counters.replayed);
+        }
+    }
+
+    /// The rate-limit headers: the binding decision's figures, every enforced limit's policy.
+    fn headers_for(&self, plan: &Plan, outcome: &Outcome) -> RateLimitHeaders {
+        let reported = self
+            .applied(plan)
+            .zip(&outcome.decisions)
+            .filter(|(limit, _)| !limit.rule.is_shadow())
+            .map(|(limit, decision)| Reported {
+                name: limit.rule.name(),
+                policy: &limit.policy,
+                decision,
+            });
+        self.headers.headers(outcome.binding_decision(), reported)
+    }
+
+    /// The refusal of a denied request: the responder's answer to the binding limit (the longest
+    /// wait among those that refused), with the rate-limit headers it did not set itself.
+    fn deny(
+        &self,
+        plan: &Plan,
+        outcome: &Outcome,
+        headers: RateLimitHeaders,
+        req: &RequestHead<'_>,
+    ) -> Response<Full<Bytes>> {
+        // `usable` checked that a binding decision is one of the plan's.
+        let (Some(binding), Some(decision)) = (outcome.binding, outcome.binding_decision()) else {
+            if let Some(suppressed) = self.store_log.permit() {
+                tracing::error!(
+                    suppressed,
+                    "rate limiter store denied a request without a binding rule; answering 503"
+                );
+            }
+            return unavailable();
+        };
+        let limit = self.limit(plan.limit_of(binding));
+        let denial = Denial::new(&limit.rule, decision, *req);
+        tracing::debug!(
+            rule = limit.rule.name(),
+            retry_after = denial.retry_after_secs(),
+            "request denied"
+        );
+        let mut response = (self.responder)(&denial);
+        headers.apply(response.headers_mut());
+        response
+    }
+}

@@ -1,0 +1,242 @@
+//! The shape users touch: limits in one expression, every mistake at once, closures as key
+//! parts, presets as builders, scopes on nested routers, the service's accessors.
+
+use axum::routing::get;
+use axum::Router;
+use http::{Method, StatusCode};
+use serde::Serialize;
+use tollgate::presets::vmarea::VmArea;
+use tollgate::{
+    BuildError, Denial, KeyPart, Limit, RateLimitBuilder, RateLimitLayer, RequestHead, Scope,
+};
+use tower::Layer;
+
+use crate::support::{serve_axum, TestClient};
+
+/// A router of its own, limited on `/items/{id}` only, as a team would write it before
+/// someone mounts it with `Router::nest`.
+fn items() -> Router {
+    let limiter = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("items", 1)
+                .scope(Scope::all().path("/items/{id}"))
+                .key(KeyPart::client_ip()),
+        )
+        .build()
+        .unwrap();
+    Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route("/other", get(|| async { "other" }))
+        .layer(limiter)
+}
+
+#[tokio::test]
+async fn a_limiter_on_a_router_still_applies_once_the_router_is_nested() {
+    let app = Router::new()
+        .nest("/api", items())
+        .nest("/orgs/{org}", items());
+    let client = TestClient::new(serve_axum(app).await);
+    for prefix in ["/api", "/orgs/acme"] {
+        assert_eq!(
+            client.get(&format!("{prefix}/items/1")).await.status,
+            StatusCode::OK
+        );
+        // Another id, the same route: the same bucket, now empty.
+        let denied = client.get(&format!("{prefix}/items/2")).await;
+        assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS, "{prefix}");
+        // Outside the scope.
+        for _ in 0..3 {
+            assert_eq!(
+                client.get(&format!("{prefix}/other")).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn scopes_follow_the_routers_routes_not_the_ids_in_paths() {
+    // `/users/me` is its own route; `/users/{id}` with id "me" would be another.
+    let limiter = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("me", 1)
+                .scope(Scope::all().path("/users/me"))
+                .key(KeyPart::client_ip()),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/users/me", get(|| async { "me" }))
+        .route("/users/{id}", get(|| async { "user" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    assert_eq!(client.get("/users/me").await.status, StatusCode::OK);
+    assert_eq!(
+        client.get("/users/me").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(client.get("/users/7").await.status, StatusCode::OK);
+    assert_eq!(client.get("/users/7").await.status, StatusCode::OK);
+
+    // A pattern naming an id matches no template: `/items/7` is routed to `/items/{id}`.
+    let limiter = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("seven", 1)
+                .scope(Scope::all().path("/items/7"))
+                .key(KeyPart::client_ip()),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    for _ in 0..3 {
+        assert_eq!(client.get("/items/7").await.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_closure_over_the_request_head_is_a_key_part() {
+    let tenant = KeyPart::from_fn("tenant", |head: &RequestHead<'_>| {
+        head.headers().get("x-tenant").cloned()
+    });
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_tenant", 1).key(tenant))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    let as_tenant = |t: &'static [u8]| [("x-tenant", t)];
+    let status = |reply: crate::support::Reply| reply.status;
+    assert_eq!(
+        status(client.send(Method::GET, "/", &as_tenant(b"acme")).await),
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(client.send(Method::GET, "/", &as_tenant(b"acme")).await),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        status(client.send(Method::GET, "/", &as_tenant(b"globex")).await),
+        StatusCode::OK
+    );
+    // No tenant, or an empty one: the (required) part is absent, the limit does not apply.
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, StatusCode::OK);
+        assert_eq!(
+            status(client.send(Method::GET, "/", &as_tenant(b"")).await),
+            StatusCode::OK
+        );
+    }
+}
+
+#[test]
+fn two_closures_with_one_name_are_a_mistake_clones_are_not() {
+    let tenant = KeyPart::from_fn("tenant", |head| head.headers().get("x-tenant").cloned());
+    let ok = RateLimitLayer::builder()
+        .limit(Limit::per_minute("a", 1).key(tenant.clone()))
+        .limit(Limit::per_minute("b", 1).key(tenant))
+        .build();
+    assert!(ok.is_ok());
+    let err = RateLimitLayer::builder()
+        .limit(Limit::per_minute("a", 1).key(KeyPart::from_fn("tenant", |_| Some("x"))))
+        .limit(Limit::per_minute("b", 1).key(KeyPart::from_fn("tenant", |_| Some("y"))))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::DuplicateKeyPart(ref name) if name == "tenant"));
+}
+
+#[test]
+fn build_reports_every_mistake_each_naming_its_limit() {
+    let err = RateLimitLayer::builder()
+        .limit(Limit::per_minute("login", 0))
+        .limit(Limit::per_second("search", 10).cost(11))
+        .limit(Limit::per_minute("api", 10).scope(Scope::all().path("api/*")))
+        .limit(Limit::per_minute("api", 20))
+        .ipv4_prefix(33)
+        .build()
+        .unwrap_err();
+    let mistakes = err.mistakes();
+    assert_eq!(mistakes.len(), 5, "{err}");
+    assert!(matches!(mistakes[0], BuildError::Quota(ref q) if q.limit() == "login"));
+    assert!(matches!(mistakes[1], BuildError::Rule(_)));
+    assert!(matches!(mistakes[2], BuildError::Prefix { .. }));
+    assert!(matches!(mistakes[3], BuildError::Route(ref r) if r.limit() == Some("api")));
+    assert!(matches!(mistakes[4], BuildError::DuplicateRule(_)));
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for (line, name) in lines[1..]
+        .iter()
+        .zip(["login", "search", "/33", "api", "api"])
+    {
+        assert!(line.starts_with("- ") && line.contains(name), "{line}");
+    }
+    // One mistake is itself, as before.
+    let one = RateLimitLayer::builder()
+        .limit(Limit::per_minute("login", 0))
+        .build()
+        .unwrap_err();
+    assert!(matches!(one, BuildError::Quota(_)));
+    assert_eq!(
+        one.to_string(),
+        "limit \"login\": a quota's limit must be at least 1 request"
+    );
+}
+
+#[tokio::test]
+async fn a_custom_body_is_any_serialize_value() {
+    #[derive(Serialize)]
+    struct SlowDown<'a> {
+        rule: &'a str,
+        wait: u64,
+        quoted: &'a str,
+    }
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_ip", 1).key(KeyPart::client_ip()))
+        .on_denied(|denial: &Denial<'_>| {
+            denial.json(SlowDown {
+                rule: denial.rule().name(),
+                wait: denial.retry_after_secs().min(60),
+                quoted: "say \"hi\"",
+            })
+        })
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    client.get("/").await;
+    let denied = client.get("/").await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(denied.header("content-type"), Some("application/json"));
+    let wait = denied.retry_after().min(60);
+    assert_eq!(
+        denied.text(),
+        format!(r#"{{"rule": "per_ip", "wait": {wait}, "quoted": "say \"hi\""}}"#)
+    );
+}
+
+#[test]
+fn a_preset_converts_into_a_builder() {
+    let from = RateLimitBuilder::from(VmArea::new()).build().unwrap();
+    let into: RateLimitBuilder = VmArea::new().into();
+    let into = into.build().unwrap();
+    let old = VmArea::new().builder().build().unwrap();
+    for layer in [from, into, old] {
+        assert_eq!(layer.metrics().limits.len(), 2);
+    }
+}
+
+#[test]
+fn the_service_gives_its_inner_service_back() {
+    let layer = RateLimitLayer::builder().build().unwrap();
+    let mut service = layer.layer(Router::new());
+    let _: &Router = service.get_ref();
+    let _: &mut Router = service.get_mut();
+    let _: Router = service.into_inner();
+}
