@@ -92,12 +92,14 @@ async fn authenticate(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// A demo token id: a digest of the key (an app would look the key up in its database).
+/// A demo token id: a keyed digest of the key (an app would look the key up in its database).
+/// SipHash with a fixed key gives the same id on every instance, whatever compiler built it
+/// (`DefaultHasher` promises no such thing), so instances sharing Redis agree on buckets.
 fn token_id(key: &str) -> TokenId {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    TokenId(format!("tok_{:016x}", hasher.finish()))
+    const TOKEN_IDS: tollgate_core::KeySecret =
+        tollgate_core::KeySecret::from_bytes(*b"demo token ids!!");
+    let digest = TOKEN_IDS.key().part(key.as_bytes()).finish();
+    TokenId(format!("tok_{}", &digest.to_hex()[..16]))
 }
 
 fn json(body: impl Into<String>) -> Response {

@@ -9,6 +9,21 @@
 //! client and can be anything, so it is never read (trusting the leftmost entry is the classic
 //! spoofing hole).
 //!
+//! The header is read element by element from its right end (the lines from the last, each
+//! line from its end), and each element is delimited and parsed by its own bytes only: a
+//! `Forwarded` quoted string is matched from its closing quote back to its opening one, so a
+//! client's unbalanced quote, stray comma or backslash to the left of a proxy's element cannot
+//! change where that element starts or what it names.
+//!
+//! The walk stops at the first element it cannot read (not an address, `unknown`, an
+//! obfuscated `_name`, a `Forwarded` element that breaks the grammar or has no `for`). The
+//! client is then the trusted hop that handed that element on: the peer itself, or the trusted
+//! address the next element to the right named. That is the last view a trusted proxy vouches
+//! for; anything further left may have been written by the client, so an address it names is
+//! never used. A misbehaving proxy thus puts its clients in one bucket (its own), which shows,
+//! rather than letting them choose theirs, which would not. After 32 hops (the hop limit)
+//! without meeting an untrusted address, the 32nd is the client.
+//!
 //! Exactly one forwarding header is read, chosen by [`ForwardedHeader`]: a proxy that appends to
 //! `X-Forwarded-For` leaves a client-written `Forwarded` header untouched, so reading both would
 //! let a client pick its own bucket.
@@ -21,7 +36,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use http::header::{HeaderMap, FORWARDED};
+use http::header::{HeaderMap, HeaderName, FORWARDED};
 use http::Extensions;
 
 /// Which forwarding header a trusted proxy writes.
@@ -166,6 +181,9 @@ pub(crate) struct MissingPeerAddr;
 /// untrusted one (the last trusted hop is then the client).
 const MAX_HOPS: usize = 32;
 
+/// Not among `http`'s constants: it was never standardised.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 impl ClientIpConfig {
     /// The client's address group, as the bytes that identify it in a key: 4 bytes for IPv4, 16
     /// for IPv6, masked to the configured prefix.
@@ -186,45 +204,49 @@ impl ClientIpConfig {
         if !self.is_trusted(peer) {
             return peer;
         }
+        // Header lines are in order, the nearest proxy's last: walk the lines backwards, and
+        // each line from its end, so what a trusted proxy appended is read before (and never
+        // through) anything the client wrote.
+        match self.header {
+            ForwardedHeader::XForwardedFor => self.walk(
+                peer,
+                headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .rev()
+                    .flat_map(|line| line.as_bytes().rsplit(|&b| b == b','))
+                    .map(parse_node),
+            ),
+            ForwardedHeader::Forwarded => self.walk(
+                peer,
+                headers
+                    .get_all(FORWARDED)
+                    .iter()
+                    .rev()
+                    .flat_map(|line| ForwardedRev::new(line.as_bytes()))
+                    .map(|element| element.and_then(parse_node)),
+            ),
+        }
+    }
+
+    /// Walks forwarded hops from the nearest: each `Some` is the address a trusted hop says it
+    /// received the request from, `None` a hop it handed on that cannot be read.
+    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
         let mut client = peer;
-        let mut hops = 0;
-        // Header lines are in order; within a line, entries are in order. Walk both backwards.
-        let mut walk = |entry: Option<IpAddr>| -> bool {
-            hops += 1;
-            match entry {
-                // A trusted proxy wrote an address: that hop's peer is the client, unless it is
-                // a trusted proxy itself.
+        for (walked, hop) in hops.enumerate() {
+            match hop {
+                // That hop's peer is the client, unless it is a trusted proxy itself.
                 Some(addr) => {
                     client = addr.to_canonical();
-                    !self.is_trusted(client) || hops >= MAX_HOPS
-                }
-                // Garbage, `unknown` or an obfuscated identifier: nothing further left is
-                // vouched for, so the nearest trusted hop is as far as we can see.
-                None => true,
-            }
-        };
-        match self.header {
-            ForwardedHeader::XForwardedFor => {
-                'lines: for line in headers.get_all("x-forwarded-for").iter().rev() {
-                    for entry in line.as_bytes().rsplit(|&b| b == b',') {
-                        if walk(parse_node(entry)) {
-                            break 'lines;
-                        }
+                    if !self.is_trusted(client) || walked + 1 >= MAX_HOPS {
+                        break;
                     }
                 }
-            }
-            ForwardedHeader::Forwarded => {
-                'lines: for line in headers.get_all(FORWARDED).iter().rev() {
-                    for element in split_unquoted(line.as_bytes(), b',').rev() {
-                        let node = forwarded_for(element);
-                        // An element without `for=` says nothing about the client.
-                        if let Some(node) = node {
-                            if walk(parse_node(node)) {
-                                break 'lines;
-                            }
-                        }
-                    }
-                }
+                // Garbage, `unknown`, an obfuscated identifier or an element without `for`:
+                // the trusted proxy that handed it on is as far as anyone vouches, so it is
+                // the client. Never an address further left, which the client may have
+                // written.
+                None => break,
             }
         }
         client
@@ -297,41 +319,170 @@ fn parse_node(raw: &[u8]) -> Option<IpAddr> {
         .map(IpAddr::V6)
 }
 
-/// The value of the `for` parameter of one `Forwarded` element (`for=...;proto=...`).
-fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
-    split_unquoted(element, b';').find_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (name, value) = pair.split_at(eq);
-        let value = value.get(1..).unwrap_or_default();
-        name.trim_ascii()
-            .eq_ignore_ascii_case(b"for")
-            .then_some(value.trim_ascii())
-    })
+/// The elements of one `Forwarded` line (RFC 7239), parsed from the right, one at a time: each
+/// item is the element's `for` value (unquoted), or `None` when the element is malformed or has
+/// no `for`, after which the iterator ends.
+///
+/// Parsing from the right is what makes the header safe to read: an element is delimited by
+/// its own bytes (a quoted string is matched to its opening quote from its closing one), so
+/// nothing to the left of a proxy's element, such as a client's unbalanced quote, can change
+/// where it starts or what it says. Empty list elements (`a, , b`) are skipped, as list syntax
+/// allows; spaces and tabs are accepted around `,`, `;` and `=`.
+struct ForwardedRev<'a> {
+    rest: &'a [u8],
+    done: bool,
 }
 
-/// Splits on `sep` outside double-quoted strings (RFC 7239 values may quote commas).
-fn split_unquoted(bytes: &[u8], sep: u8) -> impl DoubleEndedIterator<Item = &[u8]> {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    let mut bounds: smallvec::SmallVec<[usize; 8]> = smallvec::SmallVec::new();
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if in_quotes => escaped = true,
-            b'"' => in_quotes = !in_quotes,
-            _ if b == sep && !in_quotes => bounds.push(i),
-            _ => {}
+impl<'a> ForwardedRev<'a> {
+    fn new(line: &'a [u8]) -> Self {
+        Self {
+            rest: line,
+            done: false,
         }
     }
-    let count = bounds.len() + 1;
-    (0..count).map(move |i| {
-        let start = match i.checked_sub(1) {
-            Some(prev) => bounds.get(prev).map_or(bytes.len(), |b| b + 1),
-            None => 0,
-        };
-        let end = bounds.get(i).copied().unwrap_or(bytes.len());
-        bytes.get(start..end).unwrap_or_default()
-    })
+
+    /// Parses the last element of `rest`, leaving what precedes its `,` in `rest`. `Ok(None)`
+    /// for an empty element.
+    fn last_element(&mut self) -> Result<Option<&'a [u8]>, Malformed> {
+        let mut rest = self.rest;
+        let mut pairs = 0;
+        let mut node = None;
+        loop {
+            rest = trim_ows_end(rest);
+            match rest.split_last() {
+                None => break,
+                Some((b',', before)) => {
+                    rest = before;
+                    break;
+                }
+                // An empty pair (`a=1;;b=2`).
+                Some((b';', before)) => {
+                    rest = before;
+                    continue;
+                }
+                Some(_) => {}
+            }
+            let (before, value) = value_end(rest)?;
+            let before = trim_ows_end(before);
+            let before = before.strip_suffix(b"=").ok_or(Malformed)?;
+            let before = trim_ows_end(before);
+            let name_start = before
+                .iter()
+                .rposition(|&b| !is_tchar(b))
+                .map_or(0, |i| i + 1);
+            let (before, name) = before.split_at(name_start);
+            if name.is_empty() {
+                return Err(Malformed);
+            }
+            if name.eq_ignore_ascii_case(b"for") {
+                // RFC 7239: a parameter occurs at most once per element.
+                if node.replace(value).is_some() {
+                    return Err(Malformed);
+                }
+            }
+            pairs += 1;
+            rest = trim_ows_end(before);
+            match rest.split_last() {
+                None => break,
+                Some((b',', before)) => {
+                    rest = before;
+                    break;
+                }
+                Some((b';', before)) => rest = before,
+                // Two pairs with nothing between them.
+                Some(_) => return Err(Malformed),
+            }
+        }
+        self.rest = rest;
+        match (pairs, node) {
+            (0, _) => Ok(None),
+            (_, Some(node)) => Ok(Some(node)),
+            // An element that does not say whom the proxy received the request from.
+            (_, None) => Err(Malformed),
+        }
+    }
+}
+
+impl<'a> Iterator for ForwardedRev<'a> {
+    type Item = Option<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            if trim_ows_end(self.rest).is_empty() {
+                self.done = true;
+                return None;
+            }
+            match self.last_element() {
+                Ok(Some(node)) => return Some(Some(node)),
+                Ok(None) => continue,
+                Err(Malformed) => {
+                    self.done = true;
+                    return Some(None);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// A `Forwarded` element that does not follow the grammar.
+struct Malformed;
+
+/// Splits the value that ends `bytes` off it: a quoted string (returned without its quotes,
+/// escapes left in, which no address contains) or a run of bytes other than delimiters and
+/// spaces. `bytes` ends with neither a space nor a delimiter.
+fn value_end(bytes: &[u8]) -> Result<(&[u8], &[u8]), Malformed> {
+    let Some(close) = bytes.len().checked_sub(1) else {
+        return Err(Malformed);
+    };
+    if bytes.get(close) == Some(&b'"') {
+        // A closing quote after an odd run of backslashes is escaped: the string never ends.
+        if escaped(bytes, close) {
+            return Err(Malformed);
+        }
+        // The opening quote is the nearest unescaped quote to the left.
+        let mut i = close;
+        while let Some(open) = bytes
+            .get(..i)
+            .and_then(|b| b.iter().rposition(|&b| b == b'"'))
+        {
+            if !escaped(bytes, open) {
+                let inner = bytes.get(open + 1..close).ok_or(Malformed)?;
+                let before = bytes.get(..open).ok_or(Malformed)?;
+                return Ok((before, inner));
+            }
+            i = open;
+        }
+        return Err(Malformed);
+    }
+    let start = bytes
+        .iter()
+        .rposition(|&b| matches!(b, b',' | b';' | b'=' | b'"' | b' ' | b'\t'))
+        .map_or(0, |i| i + 1);
+    let (before, value) = bytes.split_at(start);
+    if value.is_empty() {
+        return Err(Malformed);
+    }
+    Ok((before, value))
+}
+
+/// Whether the byte at `at` follows an odd number of backslashes.
+fn escaped(bytes: &[u8], at: usize) -> bool {
+    let before = bytes.get(..at).unwrap_or_default();
+    before.iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
+/// RFC 9110 `tchar`: the bytes of a parameter name.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim_ows_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |i| i + 1);
+    bytes.get(..end).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -464,6 +615,63 @@ mod tests {
     }
 
     #[test]
+    fn a_client_written_quote_cannot_swallow_the_proxys_element() {
+        let cfg = config(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        // The client sent `Forwarded: for=9.9.9.9;x="`; the trusted proxy 10.0.0.1 appended
+        // its own peer to the same line.
+        let h = headers("forwarded", &[b"for=9.9.9.9;x=\", for=203.0.113.9"]);
+        assert_eq!(cfg.client_ip(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        // The same behind two trusted proxies, the inner one appending a line of its own.
+        let h = headers(
+            "forwarded",
+            &[b"for=9.9.9.9;x=\", for=203.0.113.9", b"for=10.0.0.2"],
+        );
+        assert_eq!(cfg.client_ip(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        // A stray backslash or bracket is no help either.
+        for prefix in [&b"for=9.9.9.9;x=\"\\"[..], b"for=\"[9.9.9.9", b"x=\"a\\\""] {
+            let mut line = prefix.to_vec();
+            line.extend_from_slice(b", for=\"203.0.113.9:4711\"");
+            let h = headers("forwarded", &[&line]);
+            assert_eq!(
+                cfg.client_ip(ip("10.0.0.1"), &h),
+                ip("203.0.113.9"),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trusted_proxys_element_without_for_stops_the_walk() {
+        let cfg = config(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        // 10.0.0.1 vouched for nothing: what lies left of its element is the client's word.
+        let h = headers("forwarded", &[b"for=9.9.9.9, proto=https;by=10.0.0.1"]);
+        assert_eq!(cfg.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        // Empty list elements are list syntax, not elements.
+        let h = headers("forwarded", &[b"for=203.0.113.9, ,,"]);
+        assert_eq!(cfg.client_ip(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        // Two `for` in one element (RFC 7239 forbids it) is malformed.
+        let h = headers("forwarded", &[b"for=9.9.9.9;for=203.0.113.9"]);
+        assert_eq!(cfg.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn x_forwarded_for_lines_are_one_list_read_from_the_right() {
+        let cfg = config(&["10.0.0.0/8"], ForwardedHeader::XForwardedFor);
+        let h = headers(
+            "x-forwarded-for",
+            &[
+                b"9.9.9.9, \"",
+                b"8.8.8.8, 203.0.113.9",
+                b"10.0.0.3, 10.0.0.2",
+            ],
+        );
+        assert_eq!(cfg.client_ip(ip("10.0.0.1"), &h), ip("203.0.113.9"));
+        // Garbage the nearest proxy handed on: that proxy is the client.
+        let h = headers("x-forwarded-for", &[b"203.0.113.9, \xff", b"10.0.0.2"]);
+        assert_eq!(cfg.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.2"));
+    }
+
+    #[test]
     fn ipv6_is_grouped_by_prefix() {
         let cfg = ClientIpConfig::default();
         let a = cfg.group(ip("2001:db8:1:2:aaaa::1"));
@@ -485,5 +693,274 @@ mod tests {
         assert_eq!(mask(ip("10.1.2.3"), 32), ip("10.1.2.3"));
         assert_eq!(mask(ip("2001:db8::1"), 0), ip("::"));
         assert_eq!(mask(ip("2001:db8::1"), 128), ip("2001:db8::1"));
+    }
+}
+
+/// Properties of everything here that reads request bytes. `fuzz_` in every name, so that
+/// `PROPTEST_CASES=200000 cargo test -p tollgate --lib fuzz_` runs them all for long.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    const TRUSTED: [&str; 2] = ["10.0.0.0/8", "fd00::/8"];
+    const PEER: &str = "10.0.0.1";
+
+    fn config(header: ForwardedHeader) -> ClientIpConfig {
+        ClientIpConfig {
+            trusted: TRUSTED.iter().map(|c| c.parse().unwrap()).collect(),
+            header,
+            ..ClientIpConfig::default()
+        }
+    }
+
+    /// Any byte a header value may hold, the forwarding syntax's own bytes most often.
+    fn header_byte() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            3 => prop::sample::select(b"\"\\,;=[]: \t".to_vec()),
+            2 => 0x20u8..=0x7e,
+            1 => 0x80u8..=0xff,
+        ]
+    }
+
+    /// What a client may write: arbitrary bytes, salted with pieces of real headers.
+    fn client_text() -> impl Strategy<Value = Vec<u8>> {
+        let fragment = prop_oneof![
+            prop::sample::select(vec![
+                &b"for="[..],
+                b"For=",
+                b"\"",
+                b"\\",
+                b"\\\"",
+                b", ",
+                b";",
+                b"=",
+                b"[",
+                b"]",
+                b"9.9.9.9",
+                b"[2001:db8::9]:1",
+                b"10.0.0.7",
+                b"unknown",
+                b"_hidden",
+            ])
+            .prop_map(<[u8]>::to_vec),
+            prop::collection::vec(header_byte(), 0..6),
+        ];
+        prop::collection::vec(fragment, 0..10).prop_map(|parts| parts.concat())
+    }
+
+    /// An address a proxy may append: trusted (an inner proxy) or not (the client).
+    fn hop_addr() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 3]>().prop_map(|[a, b, c]| IpAddr::from([10, a, b, c])),
+            any::<u16>().prop_map(|x| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, x])),
+            any::<[u8; 4]>()
+                .prop_filter("untrusted", |o| o[0] != 10)
+                .prop_map(IpAddr::from),
+            any::<u16>().prop_map(|x| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, x])),
+        ]
+    }
+
+    fn untrusted_addr() -> impl Strategy<Value = IpAddr> {
+        hop_addr().prop_filter("untrusted", |a| {
+            !config(ForwardedHeader::Forwarded).is_trusted(*a)
+        })
+    }
+
+    /// One element a trusted proxy appended: an address, or one it could not tell.
+    #[derive(Debug, Clone)]
+    enum Hop {
+        Addr(IpAddr, u8),
+        Unreadable(u8),
+    }
+
+    /// The chain the trusted proxies appended, leftmost first: the client's address, then each
+    /// inner proxy's view; maybe one element replaced by something unreadable.
+    fn chain() -> impl Strategy<Value = Vec<Hop>> {
+        (
+            untrusted_addr(),
+            prop::collection::vec(hop_addr(), 0..5),
+            any::<u8>(),
+            prop::option::of(any::<prop::sample::Index>()),
+            any::<u8>(),
+        )
+            .prop_map(|(client, inner, style, unreadable, garbage)| {
+                let mut hops: Vec<Hop> = std::iter::once(client)
+                    .chain(inner)
+                    .enumerate()
+                    .map(|(i, a)| Hop::Addr(a, style.wrapping_add(i as u8)))
+                    .collect();
+                if let Some(index) = unreadable {
+                    let at = index.index(hops.len());
+                    hops[at] = Hop::Unreadable(garbage);
+                }
+                hops
+            })
+    }
+
+    /// What the walk must find, computed on the chain rather than on bytes.
+    fn expected(hops: &[Hop]) -> IpAddr {
+        let cfg = config(ForwardedHeader::Forwarded);
+        let mut client: IpAddr = PEER.parse().unwrap();
+        for hop in hops.iter().rev() {
+            match hop {
+                Hop::Addr(addr, _) => {
+                    client = *addr;
+                    if !cfg.is_trusted(client) {
+                        break;
+                    }
+                }
+                Hop::Unreadable(_) => break,
+            }
+        }
+        client
+    }
+
+    fn xff_element(hop: &Hop) -> String {
+        match *hop {
+            Hop::Addr(IpAddr::V4(a), style) => match style % 3 {
+                0 => a.to_string(),
+                1 => format!("{a}:{}", 1000 + u16::from(style)),
+                _ => format!("\"{a}\""),
+            },
+            Hop::Addr(IpAddr::V6(a), style) => match style % 2 {
+                0 => a.to_string(),
+                _ => format!("[{a}]:{}", 1000 + u16::from(style)),
+            },
+            Hop::Unreadable(g) => {
+                ["unknown", "_hidden", "300.1.1.1", "", "[::1"][g as usize % 5].into()
+            }
+        }
+    }
+
+    fn forwarded_element(hop: &Hop) -> String {
+        match *hop {
+            Hop::Addr(addr, style) => {
+                let node = match (addr, style % 3) {
+                    (IpAddr::V4(a), 0) => a.to_string(),
+                    (IpAddr::V4(a), 1) => format!("\"{a}:{}\"", 1000 + u16::from(style)),
+                    (IpAddr::V6(a), 0) => format!("\"[{a}]\""),
+                    (addr, _) => format!("\"{}\"", SocketAddr::new(addr, 4711)),
+                };
+                match style % 4 {
+                    0 => format!("for={node}"),
+                    1 => format!("For={node};proto=https"),
+                    2 => format!("by=10.0.0.1;for={node};host=\"a,b;c\\\"d\""),
+                    _ => format!("proto=http ; for = {node}"),
+                }
+            }
+            Hop::Unreadable(g) => [
+                "for=unknown",
+                "for=_hidden",
+                "proto=https",
+                "for=\"[::1\"",
+                "for=300.1.1.1",
+            ][g as usize % 5]
+                .into(),
+        }
+    }
+
+    /// The header lines: the client's, then the proxies' elements, each appended to the last
+    /// line (with `,` or `, `) or as a line of its own.
+    fn lines(
+        name: HeaderName,
+        client: &[Vec<u8>],
+        hops: &[Hop],
+        joins: &[u8],
+        element: fn(&Hop) -> String,
+    ) -> HeaderMap {
+        let mut lines: Vec<Vec<u8>> = client.to_vec();
+        for (hop, join) in hops.iter().zip(joins.iter().cycle()) {
+            let text = element(hop);
+            match (join % 3, lines.last_mut()) {
+                (0, Some(last)) => {
+                    last.extend_from_slice(b",");
+                    last.extend_from_slice(text.as_bytes());
+                }
+                (1, Some(last)) => {
+                    last.extend_from_slice(b", ");
+                    last.extend_from_slice(text.as_bytes());
+                }
+                _ => lines.push(text.into_bytes()),
+            }
+        }
+        let mut map = HeaderMap::new();
+        for line in lines {
+            map.append(name.clone(), HeaderValue::from_bytes(&line).unwrap());
+        }
+        map
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::default())]
+
+        /// Whatever the client wrote before them, the trusted proxies' elements decide.
+        #[test]
+        fn fuzz_forwarded_client_prefix_cannot_steer(
+            client in prop::collection::vec(client_text(), 0..3),
+            hops in chain(),
+            joins in prop::collection::vec(any::<u8>(), 1..4),
+        ) {
+            let h = lines(FORWARDED, &client, &hops, &joins, forwarded_element);
+            let got = config(ForwardedHeader::Forwarded).client_ip(PEER.parse().unwrap(), &h);
+            prop_assert_eq!(got, expected(&hops), "{:?}", h);
+        }
+
+        /// The same for `X-Forwarded-For`.
+        #[test]
+        fn fuzz_x_forwarded_for_client_prefix_cannot_steer(
+            client in prop::collection::vec(client_text(), 0..3),
+            hops in chain(),
+            joins in prop::collection::vec(any::<u8>(), 1..4),
+        ) {
+            let h = lines(X_FORWARDED_FOR, &client, &hops, &joins, xff_element);
+            let got = config(ForwardedHeader::XForwardedFor).client_ip(PEER.parse().unwrap(), &h);
+            prop_assert_eq!(got, expected(&hops), "{:?}", h);
+        }
+
+        /// Arbitrary header lines never panic, and from an untrusted peer they are never read.
+        #[test]
+        fn fuzz_forwarding_headers_never_panic(
+            lines in prop::collection::vec(prop::collection::vec(header_byte(), 0..80), 0..4),
+            forwarded in any::<bool>(),
+            untrusted in untrusted_addr(),
+        ) {
+            let header = if forwarded { ForwardedHeader::Forwarded } else { ForwardedHeader::XForwardedFor };
+            let name = if forwarded { FORWARDED } else { X_FORWARDED_FOR };
+            let mut h = HeaderMap::new();
+            for line in &lines {
+                h.append(name.clone(), HeaderValue::from_bytes(line).unwrap());
+            }
+            let cfg = config(header);
+            prop_assert_eq!(cfg.client_ip(untrusted, &h), untrusted);
+            let peer: IpAddr = PEER.parse().unwrap();
+            let got = cfg.client_ip(peer, &h);
+            prop_assert!(got == peer || !lines.is_empty());
+        }
+
+        /// `Cidr::from_str` never panics, and what it accepts prints back to itself.
+        #[test]
+        fn fuzz_cidr_from_str(text in "[0-9a-fA-F:./ ]{0,48}|\\PC{0,24}") {
+            if let Ok(cidr) = text.parse::<Cidr>() {
+                prop_assert_eq!(cidr.to_string().parse::<Cidr>(), Ok(cidr));
+            }
+        }
+
+        /// Every address and prefix round-trips through its text.
+        #[test]
+        fn fuzz_cidr_round_trips(
+            // A mapped address's prefix counts the 96 mapping bits in text, not in `new`: take
+            // mapped addresses as the IPv4 addresses they are.
+            addr in any::<IpAddr>().prop_map(|a| a.to_canonical()),
+            prefix in 0u8..=128,
+        ) {
+            let parsed = format!("{addr}/{prefix}").parse::<Cidr>().ok();
+            prop_assert_eq!(parsed, Cidr::new(addr, prefix));
+            if let Some(cidr) = parsed {
+                prop_assert!(cidr.contains(addr));
+                prop_assert_eq!(cidr.to_string().parse::<Cidr>(), Ok(cidr));
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@
 //! A record lives at most [`Idempotency::MAX_TTL`] and allows at most
 //! [`Idempotency::MAX_REPLAYS`] free replays, so what one charged request can buy is bounded.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -28,6 +29,10 @@ use tollgate_core::{Key, KeySecret, Replay};
 
 use crate::error::BuildError;
 use crate::limiter::RequestHead;
+use crate::replay_body::BodyDigest;
+
+/// Set once a request without a body digest has been logged.
+static WARNED_NO_BODY: AtomicBool = AtomicBool::new(false);
 
 /// How idempotent replays are recognised; see [`RateLimitBuilder::idempotency`](crate::RateLimitBuilder::idempotency).
 ///
@@ -43,10 +48,12 @@ use crate::limiter::RequestHead;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct Idempotency {
-    header: HeaderName,
+    pub(crate) header: HeaderName,
     ttl: Duration,
     max_replays: u32,
-    methods: SmallVec<[Method; 4]>,
+    pub(crate) methods: SmallVec<[Method; 4]>,
+    /// With a bound, a replay must repeat the body too: see [`body`](Self::body).
+    pub(crate) body: Option<usize>,
 }
 
 impl Default for Idempotency {
@@ -71,6 +78,7 @@ impl Idempotency {
             methods: [Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
                 .into_iter()
                 .collect(),
+            body: None,
         }
     }
 
@@ -98,6 +106,16 @@ impl Idempotency {
     /// `DELETE`); a request of another method is charged whatever key it carries.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Makes a replay repeat the original's body as well: a request is a free replay only if
+    /// its body, of a known length of at most `max_len` bytes, is the same. The body is read
+    /// by the [`body_layer`](Self::body_layer), which must be mounted in front of the rate
+    /// limiter; a body of unknown or greater length is charged like any request, and so is
+    /// every request when the body layer is missing (default: bodies are not compared).
+    pub fn body(mut self, max_len: usize) -> Self {
+        self.body = Some(max_len);
         self
     }
 
@@ -141,6 +159,21 @@ impl Idempotency {
             .part(b"idempotency")
             .part(req.method.as_str().as_bytes())
             .part(route.as_bytes());
+        if self.body.is_some() {
+            // No digest (no body layer, or a body it would not read): no free replay.
+            let Some(body) = req.extensions.get::<BodyDigest>() else {
+                if !WARNED_NO_BODY.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "tollgate: a request with an idempotency key had no body digest, so it \
+                         is charged like any request: either its body's length was unknown or \
+                         above the Idempotency::body bound, or Idempotency::body_layer() is not \
+                         mounted in front of the rate limiter (logged once)"
+                    );
+                }
+                return None;
+            };
+            digest.push(&body.0.to_le_bytes());
+        }
         for key in keys {
             digest.push(&key.as_u128().to_le_bytes());
         }

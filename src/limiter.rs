@@ -15,7 +15,7 @@ use tollgate_core::{Check, Key, KeySecret, LogThrottle, Outcome, Replay, Rule, S
 
 use crate::client_ip::{ClientIpConfig, MissingPeerAddr};
 use crate::idempotency::Idempotency;
-use crate::key::{bearer_token, header_value, query_value, Source};
+use crate::key::{bearer_tokens, header_values, push_values, query_values, Source};
 use crate::metrics::{Counters, LayerCounters};
 use crate::response::{self, Denial, HeaderWriter, RateLimitHeaders, Reported, Responder};
 use crate::route::RoutePattern;
@@ -170,16 +170,13 @@ impl<S: Store> Limiter<S> {
                 key.push(group.as_bytes());
                 true
             }
-            Source::BearerToken => bearer_token(req.headers).map(|t| key.push(t)).is_some(),
-            Source::Header(name) => header_value(req.headers, name)
-                .map(|v| key.push(v))
-                .is_some(),
+            // Every occurrence counts: see `crate::key` for the one reading of repeats.
+            Source::BearerToken => push_values(&mut key, bearer_tokens(req.headers)),
+            Source::Header(name) => push_values(&mut key, header_values(req.headers, name)),
             Source::Query(name) => req
                 .uri
                 .query()
-                .and_then(|q| query_value(q, name))
-                .map(|v| key.push(&v))
-                .is_some(),
+                .is_some_and(|q| push_values(&mut key, query_values(q, name))),
             Source::Extension(ext) => (ext.write)(req.extensions, &mut key),
             Source::Route => self.route(req).map(|r| key.push(r.as_bytes())).is_some(),
             Source::Method => {

@@ -176,3 +176,64 @@ mod tests {
         assert!(e.to_string().contains("last segment"));
     }
 }
+
+/// Properties of route parsing and matching (a request's path is attacker-chosen). `fuzz_` in
+/// every name, so that `PROPTEST_CASES=200000 cargo test -p tollgate --lib fuzz_` runs them all.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Path-ish text: segments of anything, slashes, braces, stars, colons, percent signs.
+    fn pathish() -> impl Strategy<Value = String> {
+        "(/|[a-z0-9]{1,4}|\\{[a-z*]{0,3}\\}?|:[a-z]{0,2}|\\*|%2F|\\PC){0,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_route_parse_and_match_never_panic(pattern in pathish(), path in pathish()) {
+            if let Ok(parsed) = RoutePattern::parse(&pattern) {
+                let _ = parsed.matches(&path);
+                prop_assert_eq!(parsed.as_str(), pattern.as_str());
+                // A pattern's own text is a path of its shape.
+                prop_assert!(parsed.matches(&pattern));
+            }
+        }
+
+        /// A template matches exactly the paths with its literals in place and a non-empty
+        /// segment for each parameter.
+        #[test]
+        fn fuzz_route_params_match_one_segment(
+            literals in prop::collection::vec("[a-z0-9]{1,5}", 1..5),
+            params in prop::collection::vec(any::<bool>(), 1..5),
+            values in prop::collection::vec("[^/?#]{0,6}", 1..5),
+            rest in any::<bool>(),
+            tail in "(/[^/]{0,4}){0,3}",
+        ) {
+            let mut template = String::new();
+            let mut path = String::new();
+            let mut fits = true;
+            for (i, literal) in literals.iter().enumerate() {
+                let is_param = params[i % params.len()];
+                let value = &values[i % values.len()];
+                template.push('/');
+                path.push('/');
+                if is_param {
+                    template.push_str("{id}");
+                    path.push_str(value);
+                    fits &= !value.is_empty();
+                } else {
+                    template.push_str(literal);
+                    path.push_str(literal);
+                }
+            }
+            if rest {
+                template.push_str("/*");
+            }
+            path.push_str(&tail);
+            let pattern = RoutePattern::parse(&template).unwrap();
+            let expected = fits && (tail.is_empty() || rest);
+            prop_assert_eq!(pattern.matches(&path), expected, "{} vs {}", template, path);
+        }
+    }
+}

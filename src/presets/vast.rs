@@ -14,10 +14,27 @@
 //!   then the default. A method-wide interval counts each endpoint apart; the default interval
 //!   counts an endpoint's methods together.
 //!
+//! - Behind every endpoint, a **per-IP ceiling** ([`Vast::ip_ceiling`], on by default): one
+//!   more limit keyed by the client IP alone, across all identities and endpoints. The identity
+//!   is made of raw values a client chooses (any bearer token or `api_key` makes a fresh
+//!   bucket, valid or not, since the preset runs before authentication), so without it a
+//!   client rotating them from one address would never be limited. The default,
+//!   [`DEFAULT_IP_CEILING`] requests per minute per address (10 per second sustained, bursts
+//!   up to 600), is far above what one client that honours the intervals sends (a GET per
+//!   second per endpoint is 60 per minute per endpoint) and caps a rotating client at 10 per
+//!   second instead of unlimited.
+//!
+//!   The trade-off: every client behind one address (a NAT, a corporate proxy that is not
+//!   among the [trusted proxies](RateLimitBuilder::trusted_proxies)) shares one ceiling, so 50
+//!   busy users behind one office address averaging over 12 requests a minute each hit it.
+//!   Raise it, configure the proxy as trusted so clients are told apart, or turn it off with
+//!   `ip_ceiling(None)` if such traffic matters more than rotating clients.
+//!
 //! A refused request gets a 429 with
 //! `{"success": false, "error": "rate_limited", "msg": "API requests too frequent: endpoint threshold=0.5"}`
 //! (the threshold is the endpoint's interval in seconds; a tripped burst cap reports it too), or
-//! one of the plain-text forms of Vast's documentation ([`VastBody`]). Vast itself sends no
+//! one of the plain-text forms of Vast's documentation ([`VastBody`]). The ceiling's 429 says
+//! so: `API requests too frequent: per-IP ceiling=600 requests per 60s`. Vast itself sends no
 //! `Retry-After`; tollgate does, so clients wait exactly as long as needed.
 //!
 //! ```
@@ -119,8 +136,12 @@ pub struct Vast {
     endpoints: Vec<Endpoint>,
     session_user: KeyPart,
     api_key_param: String,
+    ip_ceiling: Option<Quota>,
     body: VastBody,
 }
+
+/// The default [per-IP ceiling](Vast::ip_ceiling), in requests per minute per client address.
+pub const DEFAULT_IP_CEILING: u64 = 600;
 
 impl Default for Vast {
     fn default() -> Self {
@@ -130,7 +151,8 @@ impl Default for Vast {
 
 impl Vast {
     /// No interval yet: set at least one. The identity reads `Authorization: Bearer`, the
-    /// [`SessionUser`] extension, the `api_key` query parameter and the client IP.
+    /// [`SessionUser`] extension, the `api_key` query parameter and the client IP; the per-IP
+    /// ceiling is [`DEFAULT_IP_CEILING`] per minute.
     pub fn new() -> Self {
         Self {
             default_interval: None,
@@ -138,6 +160,8 @@ impl Vast {
             endpoints: Vec::new(),
             session_user: KeyPart::extension::<SessionUser>().optional(),
             api_key_param: "api_key".to_owned(),
+            // 600 per minute is a valid quota: this is never `None`.
+            ip_ceiling: Quota::per_minute(DEFAULT_IP_CEILING).ok(),
             body: VastBody::Json,
         }
     }
@@ -175,6 +199,35 @@ impl Vast {
         self
     }
 
+    /// The per-IP ceiling: at most `quota` requests from one client address (grouped as the
+    /// layer groups addresses: an IPv6 /64 by default), whatever identities they carry, across
+    /// every endpoint the preset limits (requests that match no route are not counted). Default
+    /// [`DEFAULT_IP_CEILING`] per minute; `None` turns it off. See the [module
+    /// documentation](self) for why it exists and the trade-off for clients behind one NAT.
+    ///
+    /// Its 429 reads `API requests too frequent: per-IP ceiling=<limit> requests per <period>s`
+    /// (except with [`VastBody::PlainTextTerse`], which stays terse).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tollgate::core::Quota;
+    /// use tollgate::presets::vast::Vast;
+    ///
+    /// // A higher ceiling for an API used from behind office NATs...
+    /// let nat_friendly = Vast::new()
+    ///     .default_interval(Duration::from_secs(1))
+    ///     .ip_ceiling(Quota::per_minute(3000)?);
+    /// // ...or none, when clients are told apart some other way.
+    /// let none = Vast::new()
+    ///     .default_interval(Duration::from_secs(1))
+    ///     .ip_ceiling(None);
+    /// # Ok::<(), tollgate::core::QuotaError>(())
+    /// ```
+    pub fn ip_ceiling(mut self, quota: impl Into<Option<Quota>>) -> Self {
+        self.ip_ceiling = quota.into();
+        self
+    }
+
     /// The body of a refused request (default JSON).
     pub fn body(mut self, body: VastBody) -> Self {
         self.body = body;
@@ -188,8 +241,8 @@ impl Vast {
         let mut bodies = Vec::new();
         match self.limits() {
             Ok(limits) => {
-                for (limit, interval) in limits {
-                    bodies.push((limit.rule().id(), self.body_for(interval)));
+                for (limit, body) in limits {
+                    bodies.push((limit.rule().id(), body));
                     builder = builder.limit(limit);
                 }
             }
@@ -214,10 +267,32 @@ impl Vast {
 
     /// The 429 body for an endpoint threshold, computed once.
     fn body_for(&self, interval: Option<Duration>) -> Bytes {
+        self.body_saying(interval.map(|interval| {
+            let mut detail = String::from("endpoint threshold=");
+            push_seconds(&mut detail, interval);
+            detail
+        }))
+    }
+
+    /// The 429 body for the per-IP ceiling.
+    fn ceiling_body(&self, quota: &Quota) -> Bytes {
+        let noun = if quota.limit() == 1 {
+            "request"
+        } else {
+            "requests"
+        };
+        let mut detail = format!("per-IP ceiling={} {noun} per ", quota.limit());
+        push_seconds(&mut detail, quota.period());
+        detail.push('s');
+        self.body_saying(Some(detail))
+    }
+
+    /// `API requests too frequent`, then `: <detail>` unless the body is terse.
+    fn body_saying(&self, detail: Option<String>) -> Bytes {
         let mut msg = String::from("API requests too frequent");
-        if let (Some(interval), false) = (interval, self.body == VastBody::PlainTextTerse) {
-            msg.push_str(": endpoint threshold=");
-            push_seconds(&mut msg, interval);
+        if let (Some(detail), false) = (detail, self.body == VastBody::PlainTextTerse) {
+            msg.push_str(": ");
+            msg.push_str(&detail);
         }
         match self.body {
             VastBody::Json => Bytes::from(format!(
@@ -227,8 +302,8 @@ impl Vast {
         }
     }
 
-    /// Every limit, with the interval its 429 reports.
-    fn limits(&self) -> Result<Vec<(Limit, Option<Duration>)>, BuildError> {
+    /// Every limit, with its 429 body.
+    fn limits(&self) -> Result<Vec<(Limit, Bytes)>, BuildError> {
         let error = |reason: String| BuildError::Preset {
             preset: "vast",
             reason,
@@ -268,15 +343,13 @@ impl Vast {
             }
             let name = format!("vast.endpoint.{i}");
             let rule = Rule::builder(&name, Quota::min_interval(endpoint.interval)?).build()?;
-            limits.push((
-                self.limit(rule, scope.clone(), true),
-                Some(endpoint.interval),
-            ));
+            let body = self.body_for(Some(endpoint.interval));
+            limits.push((self.limit(rule, scope.clone(), true), body.clone()));
             if let Some((calls, period)) = endpoint.max_calls {
                 let cap = Rule::builder(format!("{name}.cap"), Quota::new(calls, period)?)
                     .algorithm(Algorithm::SlidingLog)
                     .build()?;
-                limits.push((self.limit(cap, scope, true), Some(endpoint.interval)));
+                limits.push((self.limit(cap, scope, true), body));
             }
         }
         // Endpoints configured for `method` (or for any method) leave the method-wide interval.
@@ -299,7 +372,10 @@ impl Vast {
             let scope = except_endpoints(Scope::all().method(method.clone()), Some(method));
             let name = format!("vast.{}", method.as_str().to_ascii_lowercase());
             let rule = Rule::builder(name, Quota::min_interval(*interval)?).build()?;
-            limits.push((self.limit(rule, scope, true), Some(*interval)));
+            limits.push((
+                self.limit(rule, scope, true),
+                self.body_for(Some(*interval)),
+            ));
         }
         if let Some(interval) = self.default_interval {
             let mut scope = except_endpoints(Scope::all(), None);
@@ -307,7 +383,18 @@ impl Vast {
                 scope = scope.except(Scope::all().method(method.clone()));
             }
             let rule = Rule::builder("vast.default", Quota::min_interval(interval)?).build()?;
-            limits.push((self.limit(rule, scope, false), Some(interval)));
+            limits.push((
+                self.limit(rule, scope, false),
+                self.body_for(Some(interval)),
+            ));
+        }
+        if let Some(quota) = &self.ip_ceiling {
+            // Keyed by address alone; applied to every request with a route, as the endpoint
+            // limits are (a request without one is outside the preset).
+            let rule = Rule::builder("vast.ip_ceiling", *quota).build()?;
+            let routed = Scope::all().except(Scope::all().without(KeyPart::route()));
+            let ceiling = Limit::new(rule).scope(routed).key(KeyPart::client_ip());
+            limits.push((ceiling, self.ceiling_body(quota)));
         }
         Ok(limits)
     }
@@ -372,6 +459,33 @@ mod tests {
             Vast::new().body(VastBody::PlainTextTerse).body_for(d),
             "API requests too frequent"
         );
+        let ceiling = Quota::new(90, Duration::from_millis(1500)).unwrap();
+        assert_eq!(
+            Vast::new().ceiling_body(&ceiling),
+            r#"{"success": false, "error": "rate_limited", "msg": "API requests too frequent: per-IP ceiling=90 requests per 1.5s"}"#
+        );
+    }
+
+    #[test]
+    fn the_ceiling_is_on_by_default_and_keyed_by_address_alone() {
+        let limits = |vast: Vast| {
+            vast.default_interval(Duration::from_secs(1))
+                .limits()
+                .unwrap()
+        };
+        let with = limits(Vast::new());
+        let (ceiling, _) = with.last().unwrap();
+        assert_eq!(ceiling.rule().name(), "vast.ip_ceiling");
+        assert_eq!(
+            *ceiling.rule().quota(),
+            Quota::per_minute(DEFAULT_IP_CEILING).unwrap()
+        );
+        assert_eq!(ceiling.key, [KeyPart::client_ip()]);
+        let without = limits(Vast::new().ip_ceiling(None));
+        assert_eq!(without.len() + 1, with.len());
+        assert!(without
+            .iter()
+            .all(|(l, _)| l.rule().name() != "vast.ip_ceiling"));
     }
 
     #[test]

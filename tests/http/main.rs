@@ -1,5 +1,6 @@
 //! HTTP-level tests: real servers on 127.0.0.1:0, a real client, the layer in between.
 
+mod attacks;
 mod hyper_server;
 mod layer;
 mod secrets;

@@ -162,10 +162,45 @@ impl TestClient {
     }
 
     pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+        self.try_send(method, path, headers).await.unwrap()
+    }
+
+    /// Like [`send`](Self::send), but a connection the server closed without answering (as
+    /// hyper may for a request over its limits) is an error, not a panic.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Reply, hyper_util::client::legacy::Error> {
+        self.try_send_body(method, path, headers, Bytes::new())
+            .await
+    }
+
+    /// [`send`](Self::send) with a body (sent with its `Content-Length`).
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &'static [u8],
+    ) -> Reply {
+        self.try_send_body(method, path, headers, Bytes::from_static(body))
+            .await
+            .unwrap()
+    }
+
+    async fn try_send_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: Bytes,
+    ) -> Result<Reply, hyper_util::client::legacy::Error> {
         let mut request = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{}", self.addr, path))
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body))
             .unwrap();
         for (name, value) in headers {
             request.headers_mut().append(
@@ -173,14 +208,14 @@ impl TestClient {
                 HeaderValue::from_bytes(value).unwrap(),
             );
         }
-        let response = self.client.request(request).await.unwrap();
+        let response = self.client.request(request).await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        Reply {
+        Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body,
-        }
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use axum::extract::Path;
 use axum::routing::{get, put};
 use axum::Router;
 use http::{Method, StatusCode};
-use tollgate::core::{ManualClock, MemoryStore};
+use tollgate::core::{ManualClock, MemoryStore, Quota};
 use tollgate::presets::vast::{Endpoint, Vast, VastBody};
 use tollgate::RateLimitLayer;
 
@@ -244,4 +244,100 @@ async fn unmatched_paths_are_not_limited() {
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
         assert_eq!(reply.header("x-ratelimit-limit"), None);
     }
+}
+
+fn assert_ceiling_429(reply: &Reply, ceiling: &str) {
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        reply.text(),
+        format!(
+            r#"{{"success": false, "error": "rate_limited", "msg": "API requests too frequent: per-IP ceiling={ceiling}"}}"#
+        )
+    );
+}
+
+/// A request with a fresh raw identity: bearer token and api_key never seen before.
+async fn rotated(client: &TestClient, i: usize) -> Reply {
+    let token = format!("Bearer rotated-{i}");
+    let path = format!("/api/v1/instances/?api_key=random-{i}&api_key=valid");
+    client
+        .send(Method::GET, &path, &[("authorization", token.as_bytes())])
+        .await
+}
+
+#[tokio::test]
+async fn rotating_identities_from_one_ip_hits_the_default_ceiling() {
+    let (client, _clock) = start(preset(), false).await;
+    // Every request is a fresh identity, so no endpoint bucket ever refuses it...
+    for i in 0..600 {
+        assert_eq!(
+            rotated(&client, i).await.status,
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    // ...but the address has spent its ceiling, whatever identity it shows next.
+    let denied = rotated(&client, 600).await;
+    assert_ceiling_429(&denied, "600 requests per 60s");
+    assert_eq!(denied.retry_after(), 1);
+    assert_ceiling_429(
+        &client.get("/api/v0/instances/7/").await,
+        "600 requests per 60s",
+    );
+}
+
+#[tokio::test]
+async fn the_ceiling_is_configurable_and_can_be_turned_off() {
+    let ceiling = Quota::per_minute(3).unwrap();
+    let (client, clock) = start(preset().ip_ceiling(ceiling), true).await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip.as_bytes())];
+    for i in 0..3 {
+        assert_eq!(rotated(&client, i).await.status, StatusCode::OK);
+    }
+    let denied = rotated(&client, 3).await;
+    assert_ceiling_429(&denied, "3 requests per 60s");
+    assert_eq!(denied.retry_after(), 20);
+    // Another address has a ceiling of its own.
+    let other = client
+        .send(Method::GET, "/api/v1/instances/", &from("203.0.113.7"))
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    // One request's worth comes back every 20 s.
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(rotated(&client, 4).await.status, StatusCode::OK);
+    assert_ceiling_429(&rotated(&client, 5).await, "3 requests per 60s");
+
+    let (client, _clock) = start(preset().ip_ceiling(None), false).await;
+    for i in 0..700 {
+        assert_eq!(
+            rotated(&client, i).await.status,
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_ceilings_plain_text_bodies() {
+    let ceiling = Quota::per_minute(1).unwrap();
+    let (client, _clock) = start(
+        preset().ip_ceiling(ceiling).body(VastBody::PlainText),
+        false,
+    )
+    .await;
+    rotated(&client, 0).await;
+    let denied = rotated(&client, 1).await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        denied.text(),
+        "API requests too frequent: per-IP ceiling=1 request per 60s"
+    );
+    let terse = preset().ip_ceiling(ceiling).body(VastBody::PlainTextTerse);
+    let (client, _clock) = start(terse, false).await;
+    rotated(&client, 0).await;
+    assert_eq!(
+        rotated(&client, 1).await.text(),
+        "API requests too frequent"
+    );
 }

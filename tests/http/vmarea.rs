@@ -455,3 +455,104 @@ mod replay_invariant {
         }
     }
 }
+
+mod replay_bodies {
+    //! With `Idempotency::body`, a replay must repeat the body too.
+
+    use axum::routing::post;
+    use axum::Router;
+    use http::{Method, StatusCode};
+    use tollgate::core::{Quota, Rule};
+    use tollgate::{Idempotency, KeyPart, Limit, RateLimitLayer};
+
+    use crate::support::{raw_status_line, serve_axum, Reply, TestClient};
+
+    const TOKEN: (&str, &[u8]) = ("authorization", b"Bearer t");
+    const KEY: (&str, &[u8]) = ("idempotency-key", b"k");
+
+    async fn start(limit: u64, mount_body_layer: bool) -> TestClient {
+        let idempotency = Idempotency::new().body(16);
+        let limiter = RateLimitLayer::builder()
+            .limit(
+                Limit::new(
+                    Rule::builder("per_token", Quota::per_minute(limit).unwrap())
+                        .honour_replays(true)
+                        .build()
+                        .unwrap(),
+                )
+                .key(KeyPart::bearer_token()),
+            )
+            .idempotency(idempotency.clone())
+            .build()
+            .unwrap();
+        let app = Router::new()
+            .route("/vms", post(|body: String| async move { body }))
+            .layer(limiter);
+        let app = if mount_body_layer {
+            app.layer(idempotency.body_layer())
+        } else {
+            app
+        };
+        TestClient::new(serve_axum(app).await)
+    }
+
+    fn remaining(reply: &Reply) -> &str {
+        reply.header("x-ratelimit-remaining").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_replay_is_free_only_with_the_same_body_and_the_body_arrives_intact() {
+        let client = start(10, true).await;
+        let post =
+            |body: &'static [u8]| client.send_body(Method::POST, "/vms", &[TOKEN, KEY], body);
+        let first = post(b"{\"size\": 1}").await;
+        assert_eq!(
+            (first.status, first.text()),
+            (StatusCode::OK, "{\"size\": 1}")
+        );
+        assert_eq!(remaining(&first), "9");
+        let replay = post(b"{\"size\": 1}").await;
+        assert_eq!((replay.text(), remaining(&replay)), ("{\"size\": 1}", "9"));
+        // Another body under the same key is another request: charged.
+        let other = post(b"{\"size\": 2}").await;
+        assert_eq!((other.text(), remaining(&other)), ("{\"size\": 2}", "8"));
+        // Over the 16-byte bound: not read, charged, passed on whole.
+        let long = post(b"{\"size\": 1, \"pad\": 0}").await;
+        assert_eq!(
+            (long.text(), remaining(&long)),
+            ("{\"size\": 1, \"pad\": 0}", "7")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_charged_and_passed_on() {
+        let client = start(2, true).await;
+        let first = client
+            .send_body(Method::POST, "/vms", &[TOKEN, KEY], b"abc")
+            .await;
+        assert_eq!(remaining(&first), "1");
+        // The same bytes, chunked: no known length, so no free replay.
+        let chunked =
+            b"POST /vms HTTP/1.1\r\nhost: x\r\nauthorization: Bearer t\r\nidempotency-key: k\r\n\
+            transfer-encoding: chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(
+            raw_status_line(client.addr(), chunked).await,
+            "HTTP/1.1 200 OK"
+        );
+        assert_eq!(
+            raw_status_line(client.addr(), chunked).await,
+            "HTTP/1.1 429 Too Many Requests"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_the_body_layer_no_replay_is_free() {
+        let client = start(10, false).await;
+        for want in ["9", "8", "7"] {
+            let reply = client
+                .send_body(Method::POST, "/vms", &[TOKEN, KEY], b"abc")
+                .await;
+            assert_eq!((reply.status, remaining(&reply)), (StatusCode::OK, want));
+        }
+    }
+}
