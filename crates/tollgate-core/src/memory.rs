@@ -1208,4 +1208,43 @@ mod tests {
             .collect();
         assert_eq!(got, expected);
     }
+
+    /// Built inside a Tokio runtime, a store sweeps itself in the background: with no insert
+    /// to trigger a sweep, keys past their expiry are still released.
+    #[test]
+    fn a_background_sweep_releases_expired_keys_without_inserts() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let clock = ManualClock::new(T0);
+        let store = runtime.block_on(async {
+            MemoryStore::builder()
+                .clock(clock.clone())
+                .shards(4)
+                .sweep_interval(Some(Duration::from_millis(10)))
+                .build()
+        });
+        let rule = Rule::builder("r", Quota::per_second(1).unwrap())
+            .build()
+            .unwrap();
+        // Fewer keys than any shard's first amortised sweep needs.
+        for i in 0..100 {
+            let key = numbered(0, i);
+            assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(store.len(), 100, "live keys are kept");
+        clock.advance(Duration::from_secs(1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} keys left",
+                store.len()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
