@@ -1126,6 +1126,12 @@ mod tests {
         }
         let stats = store.stats();
         assert_eq!((stats.keys, stats.inserts, stats.evictions), (100, 150, 50));
+        // Each eviction probes buckets until it has sampled 8 keys, and at most 64.
+        assert!(
+            (8 * 50..=64 * 50).contains(&stats.probed),
+            "{} buckets probed for 50 evictions",
+            stats.probed
+        );
     }
 
     /// A lone shadow rule (the one-check fast path) is charged while it admits, and once it
@@ -1236,6 +1242,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(store.len(), 100, "live keys are kept");
+        assert!(!store.is_empty());
         clock.advance(Duration::from_secs(1));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !store.is_empty() {
@@ -1246,5 +1253,6 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert_eq!(store.len(), 0);
     }
 }

@@ -165,3 +165,69 @@ fn eviction_picks_the_soonest_expiring_key_across_algorithms() {
     assert_eq!(check(&hourly, a).remaining, 0, "a was kept");
     assert_eq!(check(&per_second, b).remaining, 1, "b started afresh");
 }
+
+/// What `peek` answers, from a store that answers at once.
+fn peek_now(store: &MemoryStore<ManualClock>, checks: &[Check<'_>]) -> tollgate_core::Outcome {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let future = std::pin::pin!(tollgate_core::Store::peek(store, checks));
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(outcome)) => outcome,
+        Poll::Ready(Err(never)) => match never {},
+        Poll::Pending => unreachable!("the memory store answers at once"),
+    }
+}
+
+/// The soonest-expiring key is evicted even when it is alone in a sparse table of its own (one
+/// key in four buckets): every eviction probes each table long enough to find it, every time,
+/// not only most times.
+#[test]
+fn eviction_finds_the_soonest_expiring_key_alone_in_its_table_every_time() {
+    let store = MemoryStore::builder()
+        .clock(ManualClock::new(BASE))
+        .shards(1)
+        .max_keys(100)
+        .sweep_interval(None)
+        .build();
+    let hourly = Rule::builder("hourly", Quota::per_hour(2).unwrap())
+        .build()
+        .unwrap();
+    let per_second = Rule::builder("per_second", Quota::per_second(2).unwrap())
+        .algorithm(Algorithm::FixedWindow)
+        .build()
+        .unwrap();
+    let key = |salt: &[u8], i: u64| {
+        KeySecret::DEFAULT
+            .key()
+            .part(salt)
+            .part(&i.to_le_bytes())
+            .finish()
+    };
+    for i in 0..100 {
+        let checks = [Check {
+            rule: &hourly,
+            key: key(b"hourly", i),
+        }];
+        assert!(store.check_now(&checks, None).allowed);
+    }
+    for round in 0..1_000 {
+        // Full: the per-second key takes an hourly key's place (the only kind there is)...
+        let soon = [Check {
+            rule: &per_second,
+            key: key(b"soon", round),
+        }];
+        assert_eq!(store.check_now(&soon, None).decisions[0].remaining, 1);
+        // ...and the next hourly key evicts it: its window ends within a second.
+        let later = [Check {
+            rule: &hourly,
+            key: key(b"later", round),
+        }];
+        assert!(store.check_now(&later, None).allowed);
+        assert_eq!(store.len(), 100);
+        assert_eq!(
+            peek_now(&store, &soon).decisions[0].remaining,
+            2,
+            "round {round}: an hourly key was evicted instead of the per-second key"
+        );
+    }
+}
