@@ -1255,4 +1255,19 @@ mod tests {
         }
         assert_eq!(store.len(), 0);
     }
+
+    /// Eviction samples with splitmix64: the reference sequence from a zero seed.
+    #[test]
+    fn splitmix_is_the_reference_splitmix64() {
+        let mut state = 0;
+        let first: Vec<u64> = (0..3).map(|_| splitmix(&mut state)).collect();
+        assert_eq!(
+            first,
+            [
+                0xE220_A839_7B1D_CDAF,
+                0x6E78_9E6A_A1B9_65F4,
+                0x06C4_5D18_8009_454F
+            ]
+        );
+    }
 }

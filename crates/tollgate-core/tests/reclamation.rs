@@ -231,3 +231,74 @@ fn eviction_finds_the_soonest_expiring_key_alone_in_its_table_every_time() {
         );
     }
 }
+
+/// A full shard evicts the soonest-expiring key whatever table the longer-lived keys are in:
+/// an hour's state of every algorithm, and an idempotency record, outlive a per-second window.
+#[test]
+fn eviction_keeps_a_long_lived_key_of_every_table_over_a_short_one() {
+    let hour = Quota::per_hour(2).unwrap();
+    let replay = tollgate_core::Replay {
+        key: KeySecret::DEFAULT.key().part(b"replay").finish(),
+        ttl: Duration::from_secs(3600),
+        max_replays: 5,
+    };
+    // (algorithm of the long-lived rule, whether its request leaves an idempotency record)
+    let kinds = Algorithm::ALL
+        .map(|a| (a, false))
+        .into_iter()
+        .chain([(Algorithm::Gcra, true)]);
+    for (algorithm, replays) in kinds {
+        let held = if replays { 2 } else { 1 };
+        let store = MemoryStore::builder()
+            .clock(ManualClock::new(BASE))
+            .shards(1)
+            .max_keys(held + 1)
+            .sweep_interval(None)
+            .build();
+        let long = Rule::builder("long", hour)
+            .algorithm(algorithm)
+            .honour_replays(replays)
+            .build()
+            .unwrap();
+        let per_second = Rule::builder("per_second", Quota::per_second(2).unwrap())
+            .algorithm(Algorithm::FixedWindow)
+            .build()
+            .unwrap();
+        let hourly = Rule::builder("hourly", hour).build().unwrap();
+        let key = |name: &[u8]| KeySecret::DEFAULT.key().part(name).finish();
+        let a = [Check {
+            rule: &long,
+            key: key(b"a"),
+        }];
+        let b = [Check {
+            rule: &per_second,
+            key: key(b"b"),
+        }];
+        let c = [Check {
+            rule: &hourly,
+            key: key(b"c"),
+        }];
+        let with_replay = replays.then_some(&replay);
+        assert!(store.check_now(&a, with_replay).allowed);
+        assert!(store.check_now(&b, None).allowed);
+        assert_eq!(store.len(), held + 1);
+        // Full: `c` evicts `b`, whose window ends within a second.
+        assert!(store.check_now(&c, None).allowed);
+        let kind = format!("{algorithm:?} (replays: {replays})");
+        assert_eq!(store.stats().evictions, 1, "{kind}");
+        assert_eq!(
+            peek_now(&store, &b).decisions[0].remaining,
+            2,
+            "{kind}: b was kept"
+        );
+        assert_eq!(
+            peek_now(&store, &a).decisions[0].remaining,
+            1,
+            "{kind}: a was evicted"
+        );
+        if replays {
+            let again = store.check_now(&a, with_replay);
+            assert!(again.replayed, "{kind}: the idempotency record was evicted");
+        }
+    }
+}
