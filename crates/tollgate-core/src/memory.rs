@@ -1270,4 +1270,38 @@ mod tests {
             ]
         );
     }
+
+    /// A sweep visits every table: sliding logs and idempotency records count as much as GCRA
+    /// states in `stats().swept`.
+    #[test]
+    fn a_sweep_visits_the_sliding_logs_and_the_idempotency_records() {
+        let clock = ManualClock::new(T0);
+        let store = store_at(&clock, 1, usize::MAX);
+        let rule = Rule::builder("r", Quota::per_hour(10).unwrap())
+            .algorithm(Algorithm::SlidingLog)
+            .honour_replays(true)
+            .build()
+            .unwrap();
+        let mut first_sweep = None;
+        for i in 0..200 {
+            let replay = Replay {
+                key: numbered(1, i),
+                ttl: Duration::from_secs(60),
+                max_replays: 1,
+            };
+            let checks = [Check {
+                rule: &rule,
+                key: numbered(0, i),
+            }];
+            let (before, held) = (store.stats().swept, store.len());
+            assert!(store.check_now(&checks, Some(&replay)).allowed);
+            let swept = store.stats().swept - before;
+            if swept > 0 && first_sweep.is_none() {
+                first_sweep = Some((held, swept));
+            }
+        }
+        // Each request writes a log and a record; the 256th insert, the 128th request's
+        // record, sweeps the 255 entries then held, half of them records.
+        assert_eq!(first_sweep, Some((254, 255)));
+    }
 }
