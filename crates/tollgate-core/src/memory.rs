@@ -1271,37 +1271,57 @@ mod tests {
         );
     }
 
-    /// A sweep visits every table: sliding logs and idempotency records count as much as GCRA
-    /// states in `stats().swept`.
+    /// A sweep visits every table: each algorithm's states and the idempotency records count
+    /// alike in `stats().swept`.
     #[test]
-    fn a_sweep_visits_the_sliding_logs_and_the_idempotency_records() {
-        let clock = ManualClock::new(T0);
-        let store = store_at(&clock, 1, usize::MAX);
-        let rule = Rule::builder("r", Quota::per_hour(10).unwrap())
-            .algorithm(Algorithm::SlidingLog)
-            .honour_replays(true)
-            .build()
-            .unwrap();
-        let mut first_sweep = None;
-        for i in 0..200 {
-            let replay = Replay {
-                key: numbered(1, i),
-                ttl: Duration::from_secs(60),
-                max_replays: 1,
-            };
-            let checks = [Check {
-                rule: &rule,
-                key: numbered(0, i),
-            }];
-            let (before, held) = (store.stats().swept, store.len());
-            assert!(store.check_now(&checks, Some(&replay)).allowed);
-            let swept = store.stats().swept - before;
-            if swept > 0 && first_sweep.is_none() {
-                first_sweep = Some((held, swept));
+    fn a_sweep_visits_every_table() {
+        let hour = Quota::per_hour(10).unwrap();
+        let rule = |name: &str, algorithm, replays| {
+            Rule::builder(name, hour)
+                .algorithm(algorithm)
+                .honour_replays(replays)
+                .build()
+                .unwrap()
+        };
+        // Two tables per case, filled alike: a sliding log and its records, then a fixed
+        // window beside a sliding-window counter.
+        let cases = [
+            (vec![rule("log", Algorithm::SlidingLog, true)], true),
+            (
+                vec![
+                    rule("fixed", Algorithm::FixedWindow, false),
+                    rule("sliding", Algorithm::SlidingWindow, false),
+                ],
+                false,
+            ),
+        ];
+        for (rules, replays) in &cases {
+            let clock = ManualClock::new(T0);
+            let store = store_at(&clock, 1, usize::MAX);
+            let mut first_sweep = None;
+            for i in 0..200 {
+                let replay = Replay {
+                    key: numbered(1, i),
+                    ttl: Duration::from_secs(60),
+                    max_replays: 1,
+                };
+                let checks: Vec<_> = rules
+                    .iter()
+                    .map(|rule| Check {
+                        rule,
+                        key: numbered(0, i),
+                    })
+                    .collect();
+                let (before, held) = (store.stats().swept, store.len());
+                assert!(store.check_now(&checks, replays.then_some(&replay)).allowed);
+                let swept = store.stats().swept - before;
+                if swept > 0 && first_sweep.is_none() {
+                    first_sweep = Some((held, swept));
+                }
             }
+            // Each request writes two entries; the 256th insert, the 128th request's second,
+            // sweeps the 255 entries then held, half of them in each table.
+            assert_eq!(first_sweep, Some((254, 255)), "{:?}", rules[0].name());
         }
-        // Each request writes a log and a record; the 256th insert, the 128th request's
-        // record, sweeps the 255 entries then held, half of them records.
-        assert_eq!(first_sweep, Some((254, 255)));
     }
 }
