@@ -188,3 +188,39 @@ impl Idempotency {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounds are inclusive: a TTL from 1 ns to a day, from 1 to 100 free replays.
+    #[test]
+    fn validate_accepts_exactly_the_documented_bounds() {
+        let ok = |i: Idempotency| i.validate().is_ok();
+        let nanos = Duration::from_nanos;
+        assert!(ok(Idempotency::new()));
+        assert!(ok(Idempotency::new().ttl(nanos(1))));
+        assert!(ok(Idempotency::new().ttl(Idempotency::MAX_TTL)));
+        assert!(!ok(Idempotency::new().ttl(Duration::ZERO)));
+        assert!(!ok(Idempotency::new().ttl(Idempotency::MAX_TTL + nanos(1))));
+        assert!(ok(Idempotency::new().max_replays(1)));
+        assert!(ok(Idempotency::new().max_replays(Idempotency::MAX_REPLAYS)));
+        assert!(!ok(Idempotency::new().max_replays(0)));
+        assert!(!ok(
+            Idempotency::new().max_replays(Idempotency::MAX_REPLAYS + 1)
+        ));
+    }
+
+    /// Writes are replayable by default, reads are not; `methods` replaces the list.
+    #[test]
+    fn only_the_configured_methods_are_replayable() {
+        let default = Idempotency::new();
+        for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert!(default.applies_to(&method), "{method}");
+        }
+        assert!(!default.applies_to(&Method::GET));
+        let gets = Idempotency::new().methods([Method::GET]);
+        assert!(gets.applies_to(&Method::GET));
+        assert!(!gets.applies_to(&Method::POST));
+    }
+}

@@ -140,4 +140,47 @@ mod tests {
         assert_eq!(s.key().part(b"x").finish(), s.key().part(b"x").finish());
         assert_eq!(s.key().part(b"x").finish().to_hex().len(), 32);
     }
+
+    /// Every byte of a secret keys the digest: secrets one byte apart give other keys, and the
+    /// default secret's own bytes rebuild it.
+    #[test]
+    fn every_byte_of_a_secret_changes_the_keys() {
+        let mut default = [0u8; 16];
+        default[..8].copy_from_slice(&0x746f_6c6c_6761_7465u64.to_le_bytes());
+        default[8..].copy_from_slice(&0x6b65_795f_7365_6372u64.to_le_bytes());
+        assert!(KeySecret::from_bytes(default) == KeySecret::DEFAULT);
+        let base = KeySecret::from_bytes([0; 16]).key().part(b"x").finish();
+        for i in 0..16 {
+            let mut bytes = [0u8; 16];
+            bytes[i] = 1;
+            let key = KeySecret::from_bytes(bytes).key().part(b"x").finish();
+            assert_ne!(key, base, "byte {i} of the secret is ignored");
+        }
+    }
+
+    /// `push` adds a part exactly as `part` does: the identity is hashed, length-prefixed.
+    #[test]
+    fn push_hashes_a_part_like_part() {
+        let s = KeySecret::DEFAULT;
+        let mut pushed = s.key();
+        pushed.push(b"ab");
+        pushed.push(b"c");
+        assert_eq!(pushed.finish(), s.key().part(b"ab").part(b"c").finish());
+        assert_ne!(pushed.finish(), s.key().finish());
+        let mut other = s.key();
+        other.push(b"a");
+        other.push(b"bc");
+        assert_ne!(other.finish(), pushed.finish());
+    }
+
+    /// Debug output names the digest in hex and never shows a secret.
+    #[test]
+    fn debug_shows_the_digest_and_hides_the_secret() {
+        assert_eq!(
+            format!("{:?}", Key::from_u128(0xab)),
+            format!("Key({:032x})", 0xab)
+        );
+        let secret = KeySecret::from_bytes(*b"0123456789abcdef");
+        assert_eq!(format!("{secret:?}"), "KeySecret(..)");
+    }
 }

@@ -959,4 +959,369 @@ mod tests {
             assert_eq!(denied.retry_after(), Some(Duration::from_secs(1)));
         }
     }
+
+    const T0: Nanos = crate::conformance::BASE;
+
+    fn store_at(clock: &ManualClock, shards: usize, max_keys: usize) -> MemoryStore<ManualClock> {
+        MemoryStore::builder()
+            .clock(clock.clone())
+            .shards(shards)
+            .max_keys(max_keys)
+            .sweep_interval(None)
+            .build()
+    }
+
+    fn words(high: u64, low: u64) -> Key {
+        Key::from_u128((u128::from(high) << 64) | u128::from(low))
+    }
+
+    fn numbered(salt: u64, i: u64) -> Key {
+        KeySecret::DEFAULT
+            .key()
+            .part(&salt.to_le_bytes())
+            .part(&i.to_le_bytes())
+            .finish()
+    }
+
+    /// Every (rule, key) pair has its own state, also for keys whose words are all zeros, all
+    /// ones, or a rule's id (rotated as the slot rotates it): the slot mixes the rule into the
+    /// key with XOR, and mixing with `&` or `|` would make such keys meet, across rules and
+    /// within one.
+    #[test]
+    fn distinct_rule_and_key_pairs_never_share_state() {
+        let clock = ManualClock::new(T0);
+        let store = store_at(&clock, 4, usize::MAX);
+        let quota = Quota::per_hour(1).unwrap();
+        let rules = [
+            Rule::builder("a", quota).build().unwrap(),
+            Rule::builder("b", quota).build().unwrap(),
+        ];
+        let mut keys = vec![words(0, 0), words(!0, !0)];
+        for rule in &rules {
+            let (high, low) = (rule.id(), rule.id().rotate_left(32));
+            keys.extend([
+                words(high, 0),
+                words(!high, 0),
+                words(0, low),
+                words(0, !low),
+            ]);
+        }
+        for rule in &rules {
+            for &key in &keys {
+                let checks = [Check { rule, key }];
+                let first = store.check_now(&checks, None);
+                assert!(first.allowed, "{} {key:?} met another pair", rule.name());
+                assert!(!store.check_now(&checks, None).allowed);
+            }
+        }
+        assert_eq!(store.len(), rules.len() * keys.len());
+    }
+
+    /// The amortised schedule: a shard sweeps once it has inserted half as many keys as it
+    /// holds, and never before 256 inserts; each sweep visits every key it holds.
+    #[test]
+    fn a_shard_sweeps_after_inserting_half_as_many_keys_as_it_holds() {
+        let clock = ManualClock::new(T0);
+        let store = store_at(&clock, 1, usize::MAX);
+        let rule = Rule::builder("r", Quota::per_hour(10).unwrap())
+            .build()
+            .unwrap();
+        let mut sweeps = Vec::new();
+        for i in 1..=1100 {
+            let before = store.stats().swept;
+            let key = numbered(0, i);
+            assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+            let swept = store.stats().swept - before;
+            if swept > 0 {
+                sweeps.push((i, swept));
+            }
+        }
+        // The clock stands still: every sweep visits all the keys held and keeps them.
+        assert_eq!(sweeps, [(256, 255), (512, 511), (1022, 1021)]);
+        let stats = store.stats();
+        assert_eq!(
+            (stats.keys, stats.inserts, stats.evictions),
+            (1100, 1100, 0)
+        );
+    }
+
+    /// From its expiry on, a state is forgotten by the next sweep, in every table: a shard
+    /// that held a thousand expired keys holds only the keys inserted since.
+    #[test]
+    fn a_sweep_forgets_every_state_from_its_expiry_on() {
+        let second = 1_000_000_000;
+        // (algorithm, replays, when one request's state expires)
+        let cases = [
+            (Algorithm::Gcra, false, T0 + second),
+            (Algorithm::FixedWindow, false, T0 + second),
+            // The count weighs in the next window too.
+            (Algorithm::SlidingWindow, false, T0 + 2 * second),
+            (Algorithm::SlidingLog, false, T0 + second),
+            // An idempotency record lives for its TTL (the GCRA state beside it as long).
+            (Algorithm::Gcra, true, T0 + second),
+        ];
+        for (algorithm, replays, expiry) in cases {
+            let clock = ManualClock::new(T0);
+            let store = store_at(&clock, 1, usize::MAX);
+            let rule = Rule::builder("r", Quota::per_second(1).unwrap())
+                .algorithm(algorithm)
+                .honour_replays(replays)
+                .build()
+                .unwrap();
+            let per_request = if replays { 2 } else { 1 };
+            let request = |salt: u64, i: u64| {
+                let replay = Replay {
+                    key: numbered(salt + 2, i),
+                    ttl: Duration::from_secs(1),
+                    max_replays: 1,
+                };
+                let checks = [Check {
+                    rule: &rule,
+                    key: numbered(salt, i),
+                }];
+                let outcome = store.check_now(&checks, replays.then_some(&replay));
+                assert!(outcome.allowed && !outcome.replayed);
+            };
+            for i in 0..1000 {
+                request(0, i);
+            }
+            assert_eq!(store.len(), 1000 * per_request);
+            clock.set(expiry - 1);
+            // A state one nanosecond from its expiry still counts: a sweep here would keep it.
+            assert!(
+                !store
+                    .check_now(
+                        &[Check {
+                            rule: &rule,
+                            key: numbered(0, 0)
+                        }],
+                        None
+                    )
+                    .allowed
+            );
+            clock.set(expiry);
+            for i in 0..600 {
+                request(1, i);
+            }
+            assert_eq!(
+                store.len(),
+                600 * per_request,
+                "{algorithm:?} (replays: {replays}): expired state kept"
+            );
+        }
+    }
+
+    /// A full shard holds exactly its share of the cap, evicting one key per new key.
+    #[test]
+    fn a_full_shard_holds_exactly_its_share_of_the_cap() {
+        let clock = ManualClock::new(T0);
+        let store = store_at(&clock, 1, 100);
+        let rule = Rule::builder("r", Quota::per_hour(10).unwrap())
+            .build()
+            .unwrap();
+        for i in 0..150 {
+            let key = numbered(0, i);
+            assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+            assert_eq!(store.len() as u64, (i + 1).min(100));
+        }
+        let stats = store.stats();
+        assert_eq!((stats.keys, stats.inserts, stats.evictions), (100, 150, 50));
+        // Each eviction probes buckets until it has sampled 8 keys, and at most 64.
+        assert!(
+            (8 * 50..=64 * 50).contains(&stats.probed),
+            "{} buckets probed for 50 evictions",
+            stats.probed
+        );
+    }
+
+    /// A lone shadow rule (the one-check fast path) is charged while it admits, and once it
+    /// would deny, the request still passes and no rule binds: nothing enforced applied.
+    #[test]
+    fn a_lone_shadow_rule_that_would_deny_lets_the_request_pass_and_binds_nothing() {
+        for algorithm in Algorithm::ALL {
+            let clock = ManualClock::new(T0);
+            let store = store_at(&clock, 1, usize::MAX);
+            let rule = Rule::builder("shadow", Quota::per_hour(1).unwrap())
+                .algorithm(algorithm)
+                .shadow(true)
+                .build()
+                .unwrap();
+            let checks = [Check {
+                rule: &rule,
+                key: numbered(0, 0),
+            }];
+            let first = store.check_now(&checks, None);
+            assert!(first.allowed && first.decisions[0].allowed, "{algorithm:?}");
+            assert_eq!(first.binding, None, "{algorithm:?}");
+            let second = store.check_now(&checks, None);
+            assert!(!second.decisions[0].allowed, "{algorithm:?}: was charged");
+            assert!(second.allowed, "{algorithm:?}: a shadow rule denied");
+            assert_eq!(second.binding, None, "{algorithm:?}");
+            assert_eq!(second.retry_after(), None, "{algorithm:?}");
+        }
+    }
+
+    /// An idempotency record is live until its TTL ends and gone exactly then: a repeat at
+    /// its expiry is charged and starts a fresh record, also when the old one had used up its
+    /// free replays.
+    #[test]
+    fn an_idempotency_record_expires_exactly_at_its_ttl() {
+        let clock = ManualClock::new(T0);
+        let store = store_at(&clock, 1, usize::MAX);
+        let rule = Rule::builder("r", Quota::per_day(100).unwrap())
+            .honour_replays(true)
+            .build()
+            .unwrap();
+        let checks = [Check {
+            rule: &rule,
+            key: numbered(0, 0),
+        }];
+        let replay = Replay {
+            key: numbered(1, 0),
+            ttl: Duration::from_secs(10),
+            max_replays: 2,
+        };
+        let second = 1_000_000_000;
+        let mut charged = 0;
+        let mut request_at = |at: Nanos| {
+            clock.set(at);
+            let outcome = store.check_now(&checks, Some(&replay));
+            assert!(outcome.allowed);
+            if !outcome.replayed {
+                charged += 1;
+            }
+            assert_eq!(outcome.decisions[0].remaining, 100 - charged);
+            outcome.replayed
+        };
+        // (when, whether it is a free replay)
+        let expected = [
+            (T0, false),
+            (T0 + 10 * second - 1, true),
+            // Expired with one free replay left: charged, and recorded afresh until T0 + 20 s.
+            (T0 + 10 * second, false),
+            (T0 + 11 * second, true),
+            (T0 + 12 * second, true),
+            // Out of free replays: charged, and the record stays until it expires.
+            (T0 + 13 * second, false),
+            (T0 + 20 * second - 1, false),
+            // Expired at its cap: charged, and recorded afresh until T0 + 30 s.
+            (T0 + 20 * second, false),
+            (T0 + 21 * second, true),
+        ];
+        let got: Vec<_> = expected
+            .iter()
+            .map(|&(at, _)| (at, request_at(at)))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    /// Built inside a Tokio runtime, a store sweeps itself in the background: with no insert
+    /// to trigger a sweep, keys past their expiry are still released.
+    #[test]
+    fn a_background_sweep_releases_expired_keys_without_inserts() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let clock = ManualClock::new(T0);
+        let store = runtime.block_on(async {
+            MemoryStore::builder()
+                .clock(clock.clone())
+                .shards(4)
+                .sweep_interval(Some(Duration::from_millis(10)))
+                .build()
+        });
+        let rule = Rule::builder("r", Quota::per_second(1).unwrap())
+            .build()
+            .unwrap();
+        // Fewer keys than any shard's first amortised sweep needs.
+        for i in 0..100 {
+            let key = numbered(0, i);
+            assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(store.len(), 100, "live keys are kept");
+        assert!(!store.is_empty());
+        clock.advance(Duration::from_secs(1));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !store.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} keys left",
+                store.len()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(store.len(), 0);
+    }
+
+    /// Eviction samples with splitmix64: the reference sequence from a zero seed.
+    #[test]
+    fn splitmix_is_the_reference_splitmix64() {
+        let mut state = 0;
+        let first: Vec<u64> = (0..3).map(|_| splitmix(&mut state)).collect();
+        assert_eq!(
+            first,
+            [
+                0xE220_A839_7B1D_CDAF,
+                0x6E78_9E6A_A1B9_65F4,
+                0x06C4_5D18_8009_454F
+            ]
+        );
+    }
+
+    /// A sweep visits every table: each algorithm's states and the idempotency records count
+    /// alike in `stats().swept`.
+    #[test]
+    fn a_sweep_visits_every_table() {
+        let hour = Quota::per_hour(10).unwrap();
+        let rule = |name: &str, algorithm, replays| {
+            Rule::builder(name, hour)
+                .algorithm(algorithm)
+                .honour_replays(replays)
+                .build()
+                .unwrap()
+        };
+        // Two tables per case, filled alike: a sliding log and its records, then a fixed
+        // window beside a sliding-window counter.
+        let cases = [
+            (vec![rule("log", Algorithm::SlidingLog, true)], true),
+            (
+                vec![
+                    rule("fixed", Algorithm::FixedWindow, false),
+                    rule("sliding", Algorithm::SlidingWindow, false),
+                ],
+                false,
+            ),
+        ];
+        for (rules, replays) in &cases {
+            let clock = ManualClock::new(T0);
+            let store = store_at(&clock, 1, usize::MAX);
+            let mut first_sweep = None;
+            for i in 0..200 {
+                let replay = Replay {
+                    key: numbered(1, i),
+                    ttl: Duration::from_secs(60),
+                    max_replays: 1,
+                };
+                let checks: Vec<_> = rules
+                    .iter()
+                    .map(|rule| Check {
+                        rule,
+                        key: numbered(0, i),
+                    })
+                    .collect();
+                let (before, held) = (store.stats().swept, store.len());
+                assert!(store.check_now(&checks, replays.then_some(&replay)).allowed);
+                let swept = store.stats().swept - before;
+                if swept > 0 && first_sweep.is_none() {
+                    first_sweep = Some((held, swept));
+                }
+            }
+            // Each request writes two entries; the 256th insert, the 128th request's second,
+            // sweeps the 255 entries then held, half of them in each table.
+            assert_eq!(first_sweep, Some((254, 255)), "{:?}", rules[0].name());
+        }
+    }
 }

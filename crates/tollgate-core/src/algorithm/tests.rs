@@ -618,3 +618,13 @@ fn decide_empty(algorithm: Algorithm, now: Nanos, quota: &Quota, cost: u64) -> D
         Algorithm::Gcra => Gcra::decide(None, now, quota, cost).0,
     }
 }
+
+/// Stores and logs spell each algorithm by a distinct lowercase name.
+#[test]
+fn every_algorithm_has_its_documented_name() {
+    let names: Vec<_> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+    assert_eq!(
+        names,
+        ["gcra", "fixed_window", "sliding_log", "sliding_window"]
+    );
+}
