@@ -14,10 +14,15 @@
 //!   (`VmArea::new().strict(true)`: per token and per IP on every request, fixed windows,
 //!   idempotent replays on as in the preset), each at 1,000,000,000 requests per minute so that
 //!   the load is admitted.
-//! - `redis`: the same limiter on `RedisStore` (`REDIS_URL`, default `redis://127.0.0.1:6379`;
-//!   a `ConnectionManager`, deny cache on: the store's defaults).
-//! - `governor`: tower_governor per client IP (its `PeerIpKeyExtractor`), 1 per nanosecond with
-//!   a burst of 2^32-1, so that the load is admitted.
+//! - `ip`: tollgate, memory store, one per-IP GCRA limit at 1,000,000,000 per minute with the
+//!   `X-RateLimit-*` headers: the same work as `governor`.
+//! - `redis`: the same limiter as `memory` on `RedisStore` (`REDIS_URL`, default
+//!   `redis://127.0.0.1:6379`; a `ConnectionManager`, deny cache on: the store's defaults).
+//! - `governor`: tower_governor per client IP (its `PeerIpKeyExtractor`, with its headers), 1
+//!   per nanosecond with a burst of 2^32-1, so that the load is admitted.
+//! - `flood`: tollgate, memory store, one per-IP limit of 1 per day: after the first request,
+//!   every request is a 429 (a flood of denied requests).
+//! - `governor-flood`: tower_governor per client IP, a burst of 1 and 1 per day: the same flood.
 //!
 //! Every mode has the same router and the same stand-in auth layer (a `tower` `map_request` that
 //! turns a non-empty `x-api-key` into the [`TokenId`] extension the per-token bucket is keyed
@@ -31,7 +36,7 @@ use axum::extract::Request;
 use axum::routing::get;
 use axum::Router;
 use tollgate::presets::vmarea::VmArea;
-use tollgate::TokenId;
+use tollgate::{KeyPart, Limit, RateLimitLayer, TokenId};
 use tower::ServiceBuilder;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::GovernorLayer;
@@ -81,6 +86,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let store = tollgate_redis::RedisStore::connect(&url).await?;
             app().layer(vmarea().store(store).build()?)
         }
+        "ip" => app().layer(
+            RateLimitLayer::builder()
+                .limit(Limit::per_minute("per_ip", PER_MINUTE).key(KeyPart::client_ip()))
+                .build()?,
+        ),
         "governor" => {
             let config = GovernorConfigBuilder::default()
                 .per_nanosecond(1)
@@ -90,8 +100,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or("tower_governor configuration")?;
             app().layer(GovernorLayer::new(config))
         }
+        "flood" => app().layer(
+            RateLimitLayer::builder()
+                .limit(Limit::per_day("per_ip", 1).key(KeyPart::client_ip()))
+                .build()?,
+        ),
+        "governor-flood" => {
+            let config = GovernorConfigBuilder::default()
+                .period(std::time::Duration::from_secs(86_400))
+                .burst_size(1)
+                .use_headers()
+                .finish()
+                .ok_or("tower_governor configuration")?;
+            app().layer(GovernorLayer::new(config))
+        }
         other => {
-            return Err(format!("unknown mode {other:?}: bare, memory, redis or governor").into())
+            return Err(format!(
+                "unknown mode {other:?}: bare, memory, ip, redis, governor, flood or governor-flood"
+            )
+            .into())
         }
     };
     // The auth layer runs first, so the limiter sees the TokenId.

@@ -5,9 +5,11 @@
 #   DURATION=10s ROUNDS=3 bash scripts/http-bench.sh
 #
 # Variants (see examples/bench_server.rs): bare (axum hello world), memory (tollgate, memory
-# store, the two VMArea buckets stacked), redis (the same on RedisStore), governor
-# (tower_governor per IP). Every request carries `x-api-key`, so the per-token bucket applies;
-# the quotas admit the whole load. Variants alternate (A B C D A B C D ...) so that drift in the
+# store, the two VMArea buckets stacked), ip (tollgate, one per-IP GCRA limit with its headers),
+# redis (memory's limiter on RedisStore), governor (tower_governor per IP, with its headers), and
+# two floods where every request after the first is a 429: flood (tollgate) and governor-flood
+# (tower_governor). Every request carries `x-api-key`, so the per-token bucket applies; outside
+# the floods the quotas admit the whole load. Variants alternate (A B C D A B C D ...) so that drift in the
 # machine's load hits them all alike; the summary gives the median of the rounds per variant and
 # its ratio to bare axum.
 #
@@ -35,7 +37,7 @@ WARMUP=${WARMUP:-1s}
 ROUNDS=${ROUNDS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
-VARIANTS=${VARIANTS:-bare memory redis governor}
+VARIANTS=${VARIANTS:-bare memory ip redis governor flood governor-flood}
 PIN=${PIN:-1}
 NOISY=${NOISY:-25}
 WAIT_QUIET=${WAIT_QUIET:-0}
@@ -186,11 +188,14 @@ run() {
         status=""
         for _ in $(seq 200); do
             status=$(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: bench' "$url" 2>/dev/null || true)
+            # A flood variant admits its first request only.
             [ "$status" = 200 ] && break
+            [[ "$variant" == *flood ]] && [ "$status" = 429 ] && break
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.05
         done
         [ "$status" = 200 ] && break
+        [[ "$variant" == *flood ]] && [ "$status" = 429 ] && break
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
         unset 'PIDS[-1]'
@@ -244,7 +249,7 @@ for round in $(seq "$ROUNDS"); do
         run "$variant"
         printf 'round %d  %-9s %10.0f req/s   p99 %8.3f ms   CPU%%: server %3d, wrk %3d, redis %3d, other processes %3d' \
             "$round" "$variant" "$RPS" "$P99" "$SERVER_CPU" "$WRK_CPU" "$REDIS_CPU" "$OTHER_CPU"
-        if [ "$NON2XX" != 0 ]; then printf '   WARNING: %s non-2xx responses' "$NON2XX"; fi
+        if [ "$NON2XX" != 0 ] && [[ "$variant" != *flood ]]; then printf '   WARNING: %s non-2xx responses' "$NON2XX"; fi
         if [ "$OTHER_CPU" -gt "$NOISY" ]; then
             printf '   NOISY'
             NOISY_RUNS=$((NOISY_RUNS + 1))
