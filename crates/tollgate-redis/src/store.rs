@@ -222,6 +222,7 @@ impl RedisStoreBuilder {
     }
 }
 
+/// # Connecting
 impl RedisStore {
     /// Connects to one Redis by URL (`redis://[:password@]host:port[/db]`, `rediss://…`) with a
     /// self-reconnecting multiplexed connection, loads the script, and builds a store with the
@@ -265,7 +266,10 @@ impl RedisStore {
     pub async fn load_script(&self) -> Result<(), RedisStoreError> {
         self.inner.conn.load_script().await
     }
+}
 
+/// # Inspecting
+impl RedisStore {
     /// The connection.
     pub fn connection(&self) -> &RedisConnection {
         &self.inner.conn
@@ -306,7 +310,13 @@ impl RedisStore {
     pub fn budget(&self) -> Duration {
         self.inner.budget
     }
+}
 
+// The request path: one decision, in `Mode::Check` (`Store::check`) or `Mode::Peek`
+// (`Store::peek`). The Cluster exchange across slots is in `cluster`.
+impl RedisStore {
+    /// One decision: the deny cache, then Redis within the budget and past the breaker, else
+    /// the failure policy.
     async fn decide(
         &self,
         checks: &[Check<'_>],
@@ -401,6 +411,7 @@ impl RedisStore {
         hit.then(|| Outcome::new(checks, decisions, false))
     }
 
+    /// Puts the enforced denials of a charged request in the deny cache.
     fn remember_denials(&self, checks: &[Check<'_>], outcome: &Outcome, sent: Nanos) {
         let Some(cache) = &self.inner.deny_cache else {
             return;
@@ -412,6 +423,7 @@ impl RedisStore {
         }
     }
 
+    /// The rules of `checks` with their Redis keys.
     fn targets(&self, checks: &[Check<'_>]) -> Vec<Target> {
         checks
             .iter()
@@ -422,10 +434,13 @@ impl RedisStore {
             .collect()
     }
 
+    /// The time a call passes to the script: the local clock's in explicit-time mode, else
+    /// `None` (Redis `TIME`).
     fn explicit_now(&self) -> Option<Nanos> {
         self.inner.explicit.then(|| self.inner.clock.now())
     }
 
+    /// One script call and its parsed reply.
     async fn call(&self, call: Call<'_>) -> Result<Reply, RedisStoreError> {
         let values = self.inner.conn.invoke(&call.invocation()).await?;
         call.reply(&values)
