@@ -165,8 +165,11 @@
 //!
 //! # Modules
 //!
-//! - `store`: [`RedisStore`] and its builder: the orchestration of one decision.
-//! - `script` (and `tollgate.lua`): the Lua script and its wire format.
+//! - `store`: [`RedisStore`] and its builder: the orchestration of one decision; within it,
+//!   `store::cluster` (the exchange across hash slots, refunds) and `store::fallback` (the local
+//!   store of [`FailurePolicy::Fallback`] and its scaled rules).
+//! - `script` (and `tollgate.lua`): the Lua script and its wire format; `script::Call` has one
+//!   constructor per mode.
 //! - `connection`: [`RedisConnection`], the ways to reach Redis.
 //! - `deny_cache`: the bounded local deny cache.
 //! - `policy`: [`FailurePolicy`], the circuit breaker, the rate-limited warning.

@@ -36,6 +36,9 @@ const MAX_REPLAY_TTL_NANOS: u64 = 1 << 52;
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// What a script call does (the script's header documents each mode).
+///
+/// The store's request path speaks it too: a decision is made in [`Mode::Check`] or
+/// [`Mode::Peek`], locally as in Redis; the other modes are the Cluster exchange's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// Decide and charge, all-or-nothing.
@@ -53,7 +56,8 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    fn code(self) -> &'static str {
+    /// The mode's name in the script's `ARGV[1]`.
+    fn name(self) -> &'static str {
         match self {
             Mode::Check => "check",
             Mode::Peek => "peek",
@@ -65,7 +69,7 @@ impl Mode {
     }
 
     /// Whether the reply carries one decision per target.
-    pub(crate) fn decides(self) -> bool {
+    fn decides(self) -> bool {
         matches!(self, Mode::Check | Mode::Peek)
     }
 }
@@ -91,62 +95,93 @@ pub(crate) struct Target {
     pub key: String,
 }
 
-/// One script call's inputs.
+/// One script call's inputs, made by one constructor per mode (so no call carries fillers it
+/// does not use).
 pub(crate) struct Call<'a> {
-    pub mode: Mode,
+    mode: Mode,
     /// Explicit time (tests), or `None` for Redis `TIME`.
-    pub now: Option<Nanos>,
+    now: Option<Nanos>,
     /// The rules and their keys.
-    pub targets: &'a [Target],
+    targets: &'a [Target],
     /// The idempotent replay, if any.
-    pub replay: ReplayArg<'a>,
+    replay: ReplayArg<'a>,
     /// Refunds: when the charge was made.
-    pub charged_at: Option<Nanos>,
+    charged_at: Option<Nanos>,
 }
 
 impl<'a> Call<'a> {
-    /// Decide and charge `targets`.
-    pub(crate) fn check(now: Option<Nanos>, targets: &'a [Target], replay: ReplayArg<'a>) -> Self {
-        Self {
-            mode: Mode::Check,
-            now,
-            targets,
-            replay,
-            charged_at: None,
-        }
-    }
-
-    /// Decide `targets` without charging.
-    pub(crate) fn peek(now: Option<Nanos>, targets: &'a [Target]) -> Self {
-        Self {
-            mode: Mode::Peek,
-            now,
-            targets,
-            replay: ReplayArg::None,
-            charged_at: None,
-        }
+    /// Decide `targets` in `mode`: [`Mode::Check`] charges them (with `replay`),
+    /// [`Mode::Peek`] only looks (and ignores `replay`).
+    pub(crate) fn decide(
+        mode: Mode,
+        now: Option<Nanos>,
+        targets: &'a [Target],
+        replay: ReplayArg<'a>,
+    ) -> Self {
+        debug_assert!(mode.decides(), "{mode:?} is not a decision");
+        let replay = match mode {
+            Mode::Check => replay,
+            _ => ReplayArg::None,
+        };
+        Self::new(mode, now, targets, replay, None)
     }
 
     /// Reverse the charge of `targets` made at `charged_at`.
     pub(crate) fn refund(now: Option<Nanos>, targets: &'a [Target], charged_at: Nanos) -> Self {
-        Self {
-            mode: Mode::Refund,
+        Self::new(
+            Mode::Refund,
             now,
             targets,
-            replay: ReplayArg::None,
-            charged_at: Some(charged_at),
-        }
+            ReplayArg::None,
+            Some(charged_at),
+        )
     }
 
-    /// One of the idempotency-record modes, on the record at `key`.
-    pub(crate) fn record(mode: Mode, now: Option<Nanos>, key: &'a str, replay: &'a Replay) -> Self {
+    /// Take one free replay from the idempotency record at `key`, if it allows one.
+    pub(crate) fn take_replay(now: Option<Nanos>, key: &'a str, replay: &'a Replay) -> Self {
+        Self::record(Mode::TakeReplay, now, key, replay)
+    }
+
+    /// Give back a replay taken from the record at `key` for a request another slot denied.
+    pub(crate) fn return_replay(now: Option<Nanos>, key: &'a str, replay: &'a Replay) -> Self {
+        Self::record(Mode::ReturnReplay, now, key, replay)
+    }
+
+    /// Create the idempotency record at `key` unless a live one exists.
+    pub(crate) fn create_replay(now: Option<Nanos>, key: &'a str, replay: &'a Replay) -> Self {
+        Self::record(Mode::CreateReplay, now, key, replay)
+    }
+
+    /// One of the idempotency-record modes, on the record at `key` (no targets).
+    fn record(mode: Mode, now: Option<Nanos>, key: &'a str, replay: &'a Replay) -> Self {
+        Self::new(mode, now, &[], ReplayArg::Record(key, replay), None)
+    }
+
+    fn new(
+        mode: Mode,
+        now: Option<Nanos>,
+        targets: &'a [Target],
+        replay: ReplayArg<'a>,
+        charged_at: Option<Nanos>,
+    ) -> Self {
         Self {
             mode,
             now,
-            targets: &[],
-            replay: ReplayArg::Record(key, replay),
-            charged_at: None,
+            targets,
+            replay,
+            charged_at,
         }
+    }
+
+    /// Parses the script's reply to this call: one decision per target when the mode decides,
+    /// none for refunds and idempotency records.
+    pub(crate) fn reply(&self, values: &[i64]) -> Result<Reply, RedisStoreError> {
+        let decided = if self.mode.decides() {
+            self.targets
+        } else {
+            &[]
+        };
+        Reply::parse(values, decided)
     }
 }
 
@@ -166,6 +201,8 @@ fn flag(on: bool) -> &'static str {
     }
 }
 
+/// The script's name for `algorithm`: the letter of its state's tag (`g1:`, `f1:`, `l1:`, `w1:`),
+/// one byte per rule on the wire.
 fn algorithm_code(algorithm: Algorithm) -> &'static str {
     match algorithm {
         Algorithm::FixedWindow => "f",
@@ -194,7 +231,7 @@ impl Call<'_> {
         if let ReplayArg::Record(key, _) = self.replay {
             inv.key(key);
         }
-        inv.arg(self.mode.code());
+        inv.arg(self.mode.name());
         match self.now {
             Some(now) => {
                 let (s, n) = split(now);
@@ -257,7 +294,7 @@ pub(crate) struct Reply {
 
 impl Reply {
     /// Parses the script's integer array against the checks it was called with.
-    pub(crate) fn parse(values: &[i64], targets: &[Target]) -> Result<Self, RedisStoreError> {
+    fn parse(values: &[i64], targets: &[Target]) -> Result<Self, RedisStoreError> {
         let bad = |what: &str| {
             RedisStoreError::Protocol(format!(
                 "{what} (got {} integers for {} checks); is another version of the tollgate script loaded under the same SHA?",

@@ -1,20 +1,20 @@
 //! [`RedisStore`]: the [`Store`] on Redis, and its builder.
 //!
 //! This module owns the orchestration of one decision: deny cache, circuit breaker, time budget,
-//! the script call (or, in Cluster, one call per hash slot and the refunds), and the failure
-//! policy. The arithmetic is the script's ([`crate::script`]), the sockets are
-//! [`RedisConnection`]'s.
+//! the script call, and the failure policy. Its children own the rest of the request path: the
+//! exchange across hash slots and its refunds (`cluster`), and the local store the fallback
+//! policy decides with (`fallback`). The arithmetic is the script's ([`crate::script`]), the
+//! sockets are [`RedisConnection`]'s.
 
-use std::collections::HashMap;
+mod cluster;
+mod fallback;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
-use parking_lot::Mutex;
-use redis::cluster_routing::Slot;
 use tollgate_core::{
-    Algorithm, Check, Clock, Decision, Decisions, LogThrottle, MemoryStore, Nanos, Outcome, Quota,
-    Replay, Rule, Store, SystemClock,
+    Check, Clock, Decision, Decisions, LogThrottle, Nanos, Outcome, Replay, Rule, Store,
+    SystemClock,
 };
 
 use crate::connection::RedisConnection;
@@ -23,13 +23,13 @@ use crate::error::RedisStoreError;
 use crate::policy::{Admission, Breaker, BreakerConfig, FailurePolicy};
 use crate::script::{self, Call, Mode, ReplayArg, Reply, Target};
 use crate::stats::{bump, Counters, RedisStoreStats};
+use cluster::slot_groups;
+use fallback::Fallback;
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "tollgate";
 /// The default time budget of one decision.
 pub const DEFAULT_BUDGET: Duration = Duration::from_millis(50);
-/// How long a Cluster refund may take (it runs on, past the caller's budget).
-const REFUND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default capacity of the local deny cache, in (rule, key) denials.
 pub const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
@@ -102,15 +102,6 @@ impl Clock for LocalClock {
         self.0.now()
     }
 }
-
-/// The local store used by [`FailurePolicy::Fallback`], and its scaled rules.
-struct Fallback {
-    store: MemoryStore<LocalClock>,
-    instances: u32,
-    rules: Mutex<HashMap<RuleSignature, Rule>>,
-}
-
-type RuleSignature = (u64, Quota, Algorithm, u64, bool, bool);
 
 /// Configures a [`RedisStore`]; see [`RedisStore::builder`].
 #[must_use]
@@ -210,11 +201,7 @@ impl RedisStoreBuilder {
                 .unwrap_or_else(|| Arc::new(SystemClock::new()) as Arc<dyn Clock>),
         );
         let fallback = match self.policy {
-            FailurePolicy::Fallback { instances } => Some(Fallback {
-                store: MemoryStore::builder().clock(clock.clone()).build(),
-                instances: instances.max(1),
-                rules: Mutex::new(HashMap::new()),
-            }),
+            FailurePolicy::Fallback { instances } => Some(Fallback::new(clock.clone(), instances)),
             _ => None,
         };
         RedisStore {
@@ -235,6 +222,7 @@ impl RedisStoreBuilder {
     }
 }
 
+/// # Connecting
 impl RedisStore {
     /// Connects to one Redis by URL (`redis://[:password@]host:port[/db]`, `rediss://…`) with a
     /// self-reconnecting multiplexed connection, loads the script, and builds a store with the
@@ -278,7 +266,10 @@ impl RedisStore {
     pub async fn load_script(&self) -> Result<(), RedisStoreError> {
         self.inner.conn.load_script().await
     }
+}
 
+/// # Inspecting
+impl RedisStore {
     /// The connection.
     pub fn connection(&self) -> &RedisConnection {
         &self.inner.conn
@@ -319,12 +310,18 @@ impl RedisStore {
     pub fn budget(&self) -> Duration {
         self.inner.budget
     }
+}
 
+// The request path: one decision, in `Mode::Check` (`Store::check`) or `Mode::Peek`
+// (`Store::peek`). The Cluster exchange across slots is in `cluster`.
+impl RedisStore {
+    /// One decision: the deny cache, then Redis within the budget and past the breaker, else
+    /// the failure policy.
     async fn decide(
         &self,
         checks: &[Check<'_>],
         replay: Option<&Replay>,
-        peek: bool,
+        mode: Mode,
     ) -> Result<Outcome, RedisStoreError> {
         let inner = &*self.inner;
         if let Some(check) = checks
@@ -337,12 +334,13 @@ impl RedisStore {
             });
         }
         // A replay matters only to the rules that honour it, and never to a peek.
-        let replay = replay.filter(|_| !peek && checks.iter().any(|c| c.rule.honours_replays()));
+        let replay = replay
+            .filter(|_| mode == Mode::Check && checks.iter().any(|c| c.rule.honours_replays()));
         if checks.is_empty() {
             return Ok(Outcome::new(checks, Decisions::new(), false));
         }
         let sent = inner.clock.now();
-        if !peek {
+        if mode == Mode::Check {
             if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
                 bump(&inner.counters.deny_cache_hits);
                 return Ok(outcome);
@@ -355,11 +353,11 @@ impl RedisStore {
                 failures: inner.breaker.config().failures,
                 cool_down,
             };
-            return self.degrade(checks, replay, peek, error).await;
+            return self.degrade(checks, replay, mode, error).await;
         }
         bump(&inner.counters.redis_calls);
         let result =
-            tokio::time::timeout(inner.budget, self.remote(checks, replay, peek, sent)).await;
+            tokio::time::timeout(inner.budget, self.remote(checks, replay, mode, sent)).await;
         let error = match result {
             Ok(Ok(outcome)) => {
                 if inner.breaker.success() {
@@ -388,7 +386,7 @@ impl RedisStore {
                 tracing::info!(target: "tollgate_redis", "Redis answers again; circuit breaker closed");
             }
         }
-        self.degrade(checks, replay, peek, error).await
+        self.degrade(checks, replay, mode, error).await
     }
 
     /// A local denial, if the deny cache holds one for any enforced (rule, key) of the request.
@@ -413,6 +411,7 @@ impl RedisStore {
         hit.then(|| Outcome::new(checks, decisions, false))
     }
 
+    /// Puts the enforced denials of a charged request in the deny cache.
     fn remember_denials(&self, checks: &[Check<'_>], outcome: &Outcome, sent: Nanos) {
         let Some(cache) = &self.inner.deny_cache else {
             return;
@@ -424,6 +423,7 @@ impl RedisStore {
         }
     }
 
+    /// The rules of `checks` with their Redis keys.
     fn targets(&self, checks: &[Check<'_>]) -> Vec<Target> {
         checks
             .iter()
@@ -434,19 +434,16 @@ impl RedisStore {
             .collect()
     }
 
+    /// The time a call passes to the script: the local clock's in explicit-time mode, else
+    /// `None` (Redis `TIME`).
     fn explicit_now(&self) -> Option<Nanos> {
         self.inner.explicit.then(|| self.inner.clock.now())
     }
 
-    async fn call(&self, call: &Call<'_>) -> Result<Reply, RedisStoreError> {
+    /// One script call and its parsed reply.
+    async fn call(&self, call: Call<'_>) -> Result<Reply, RedisStoreError> {
         let values = self.inner.conn.invoke(&call.invocation()).await?;
-        // Refunds and idempotency records report no decisions.
-        let decided = if call.mode.decides() {
-            call.targets
-        } else {
-            &[]
-        };
-        Reply::parse(&values, decided)
+        call.reply(&values)
     }
 
     /// The whole Redis side of one decision. `replay` is given only when a rule honours it.
@@ -454,7 +451,7 @@ impl RedisStore {
         &self,
         checks: &[Check<'_>],
         replay: Option<&Replay>,
-        peek: bool,
+        mode: Mode,
         sent: Nanos,
     ) -> Result<Outcome, RedisStoreError> {
         let targets = self.targets(checks);
@@ -466,186 +463,20 @@ impl RedisStore {
         };
         if groups.len() <= 1 {
             let now = self.explicit_now();
-            let call = if peek {
-                Call::peek(now, &targets)
-            } else {
-                let replay = match &replay_key {
-                    Some((key, r)) => ReplayArg::Record(key, r),
-                    None => ReplayArg::None,
-                };
-                Call::check(now, &targets, replay)
+            let replay = match &replay_key {
+                Some((key, r)) => ReplayArg::Record(key, r),
+                None => ReplayArg::None,
             };
-            let reply = self.call(&call).await?;
+            let reply = self.call(Call::decide(mode, now, &targets, replay)).await?;
             let outcome = Outcome::new(checks, reply.decisions.into(), reply.replayed);
-            if !peek {
+            if mode == Mode::Check {
                 self.remember_denials(checks, &outcome, sent);
             }
             return Ok(outcome);
         }
         let replay = replay_key.map(|(k, r)| (k, *r));
-        self.remote_cluster(checks, targets, groups, replay, peek, sent)
+        self.remote_cluster(checks, targets, groups, replay, mode, sent)
             .await
-    }
-
-    /// Cluster, keys on several hash slots: one call per slot, in parallel; a denial in one slot
-    /// refunds what the others charged.
-    ///
-    /// The whole exchange runs in its own task, so that once slots are charged, the refunds are
-    /// made even if the caller gives up (budget exhausted, request cancelled).
-    async fn remote_cluster(
-        &self,
-        checks: &[Check<'_>],
-        targets: Vec<Target>,
-        groups: Vec<Vec<usize>>,
-        replay: Option<(String, Replay)>,
-        peek: bool,
-        sent: Nanos,
-    ) -> Result<Outcome, RedisStoreError> {
-        let store = self.clone();
-        let task =
-            tokio::spawn(
-                async move { store.cluster_exchange(targets, groups, replay, peek).await },
-            );
-        let (decisions, replayed) = task.await.map_err(|e| {
-            RedisStoreError::Protocol(format!("the Cluster exchange task failed: {e}"))
-        })??;
-        let outcome = Outcome::new(checks, decisions, replayed);
-        if !peek {
-            self.remember_denials(checks, &outcome, sent);
-        }
-        Ok(outcome)
-    }
-
-    /// The Cluster exchange: take the free replay first (its record may live on another slot),
-    /// then decide every slot, the rules that honour replays at no cost if one was taken; if
-    /// any slot denies, refund the slots that charged and give the replay back.
-    async fn cluster_exchange(
-        &self,
-        targets: Vec<Target>,
-        groups: Vec<Vec<usize>>,
-        replay: Option<(String, Replay)>,
-        peek: bool,
-    ) -> Result<(Decisions, bool), RedisStoreError> {
-        // The replay record's own slot needs no decision call.
-        let groups: Vec<Vec<usize>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
-        let group_targets: Vec<Vec<Target>> = groups
-            .iter()
-            .map(|g| g.iter().map(|&i| targets[i].clone()).collect())
-            .collect();
-        let now = self.explicit_now();
-
-        let mut replayed = false;
-        if let Some((key, r)) = &replay {
-            replayed = self
-                .call(&Call::record(Mode::TakeReplay, now, key, r))
-                .await?
-                .allowed;
-        }
-        let replay_arg = if replayed {
-            ReplayArg::Taken
-        } else {
-            ReplayArg::None
-        };
-        let replies = join_all(group_targets.iter().map(|t| async move {
-            let call = if peek {
-                Call::peek(now, t)
-            } else {
-                Call::check(now, t, replay_arg)
-            };
-            self.call(&call).await
-        }))
-        .await;
-
-        // Every rule's decision, if every slot answered.
-        let mut decisions: Vec<Option<Decision>> = vec![None; targets.len()];
-        for (group, reply) in groups.iter().zip(&replies) {
-            if let Ok(reply) = reply {
-                for (&i, d) in group.iter().zip(&reply.decisions) {
-                    decisions[i] = Some(*d);
-                }
-            }
-        }
-        let decisions: Option<Decisions> = decisions.into_iter().collect();
-        let allowed = decisions.as_ref().is_some_and(|d| {
-            d.iter()
-                .zip(&targets)
-                .all(|(d, t)| d.allowed || t.rule.is_shadow())
-        });
-        if !peek && !allowed {
-            // Denied (or a slot failed): give back what the slots that admitted have charged.
-            // A slot's reply is `allowed` when none of its enforced rules denied: it then wrote
-            // every rule of it that admitted, except those a free replay passed at no cost.
-            let refunds = group_targets.iter().zip(&replies).filter_map(|(t, reply)| {
-                let reply = reply.as_ref().ok().filter(|r| r.allowed)?;
-                let charged: Vec<Target> = t
-                    .iter()
-                    .zip(&reply.decisions)
-                    .filter(|(t, d)| d.allowed && !(replayed && t.rule.honours_replays()))
-                    .map(|(t, _)| t.clone())
-                    .collect();
-                (!charged.is_empty()).then_some((charged, reply.now))
-            });
-            let refunds = join_all(refunds.map(|(charged, at)| self.refund(charged, at, now)));
-            let give_back = async {
-                if let (true, Some((key, r))) = (replayed, &replay) {
-                    self.return_replay(key, r, now).await;
-                }
-            };
-            futures_util::future::join(refunds, give_back).await;
-        }
-        let Some(decisions) = decisions else {
-            let error = replies.into_iter().find_map(Result::err);
-            return Err(error.unwrap_or_else(|| RedisStoreError::Protocol("lost error".into())));
-        };
-        if !peek && allowed && !replayed {
-            if let Some((key, r)) = &replay {
-                let call = Call::record(Mode::CreateReplay, now, key, r);
-                if let Err(error) = self.call(&call).await {
-                    // The request was charged; only a later free replay is lost.
-                    if let Some(suppressed) = self.inner.warn.permit() {
-                        tracing::warn!(target: "tollgate_redis", %error, suppressed, "could not record an idempotency key; a repeat will be charged");
-                    }
-                }
-            }
-        }
-        Ok((decisions, replayed && allowed))
-    }
-
-    /// Reverses a charge made at `charged_at` on one slot.
-    async fn refund(&self, charged: Vec<Target>, charged_at: Nanos, now: Option<Nanos>) {
-        let call = Call::refund(now, &charged, charged_at);
-        self.undo(
-            &call,
-            "could not refund a partial charge; it stays until its state expires",
-        )
-        .await;
-    }
-
-    /// Gives back a free replay taken for a request that another slot denied.
-    async fn return_replay(&self, key: &str, replay: &Replay, now: Option<Nanos>) {
-        let call = Call::record(Mode::ReturnReplay, now, key, replay);
-        self.undo(&call, "could not give back a free replay of a denied request; one fewer repeat of it passes free")
-            .await;
-    }
-
-    /// Runs a call that undoes part of a denied Cluster request, counting it as a refund.
-    async fn undo(&self, call: &Call<'_>, failed: &'static str) {
-        let counters = &self.inner.counters;
-        // It runs in the exchange's own task, so it may take longer than a decision: never
-        // less than the store's budget.
-        let timeout = REFUND_TIMEOUT.max(self.inner.budget);
-        let error = match tokio::time::timeout(timeout, self.call(call)).await {
-            Ok(Ok(_)) => {
-                bump(&counters.refunds);
-                return;
-            }
-            Ok(Err(error)) => error,
-            Err(_) => RedisStoreError::Timeout { budget: timeout },
-        };
-        bump(&counters.refund_failures);
-        if let Some(suppressed) = self.inner.warn.permit() {
-            tracing::warn!(target: "tollgate_redis", %error, suppressed, "{failed}");
-        }
     }
 
     /// Decides without Redis, by policy.
@@ -653,7 +484,7 @@ impl RedisStore {
         &self,
         checks: &[Check<'_>],
         replay: Option<&Replay>,
-        peek: bool,
+        mode: Mode,
         error: RedisStoreError,
     ) -> Result<Outcome, RedisStoreError> {
         let inner = &*self.inner;
@@ -677,30 +508,15 @@ impl RedisStore {
                 );
             }
         }
-        match inner.policy {
-            FailurePolicy::FailClosed => {
+        // `build` makes the fallback store exactly when the policy is `Fallback`.
+        match (inner.policy, &inner.fallback) {
+            (FailurePolicy::FailClosed, _) => {
                 bump(&inner.counters.failed_closed);
                 Err(error)
             }
-            FailurePolicy::Fallback { .. } if inner.fallback.is_some() => {
+            (FailurePolicy::Fallback { .. }, Some(fallback)) => {
                 bump(&inner.counters.fell_back);
-                let fallback = inner.fallback.as_ref().expect("checked");
-                let rules: Vec<Rule> = checks.iter().map(|c| fallback.rule(c.rule)).collect();
-                let local: Vec<Check<'_>> = rules
-                    .iter()
-                    .zip(checks)
-                    .map(|(rule, c)| Check { rule, key: c.key })
-                    .collect();
-                let result = if peek {
-                    fallback.store.peek(&local).await
-                } else {
-                    fallback.store.check(&local, replay).await
-                };
-                // The figures describe the local, scaled limits: what this instance enforces now.
-                match result {
-                    Ok(outcome) => Ok(outcome),
-                    Err(never) => match never {},
-                }
+                Ok(fallback.decide(checks, replay, mode).await)
             }
             _ => {
                 bump(&inner.counters.failed_open);
@@ -708,58 +524,6 @@ impl RedisStore {
             }
         }
     }
-}
-
-impl Fallback {
-    /// `rule` with its limit and burst divided by the instance count (cached).
-    fn rule(&self, rule: &Rule) -> Rule {
-        if self.instances <= 1 {
-            return rule.clone();
-        }
-        let signature = (
-            rule.id(),
-            *rule.quota(),
-            rule.algorithm(),
-            rule.cost(),
-            rule.is_shadow(),
-            rule.honours_replays(),
-        );
-        let mut rules = self.rules.lock();
-        if rules.len() > 4096 {
-            rules.clear();
-        }
-        rules
-            .entry(signature)
-            .or_insert_with(|| scaled_rule(rule, self.instances))
-            .clone()
-    }
-}
-
-/// `rule` with its limit and burst divided by `instances` (never below the rule's cost, so the
-/// rule stays valid), or `rule` itself if that cannot be built.
-pub(crate) fn scaled_rule(rule: &Rule, instances: u32) -> Rule {
-    let quota = rule.quota();
-    let n = u64::from(instances.max(1));
-    let cost = rule.cost();
-    let limit = (quota.limit() / n).max(1);
-    let burst = (quota.burst() / n).max(1);
-    let (limit, burst) = match rule.algorithm() {
-        Algorithm::Gcra => (limit, burst.max(cost)),
-        _ => (limit.max(cost), burst),
-    };
-    Quota::new(limit, quota.period())
-        .and_then(|q| q.with_burst(burst))
-        .ok()
-        .and_then(|q| {
-            Rule::builder(rule.name(), q)
-                .algorithm(rule.algorithm())
-                .cost(cost)
-                .shadow(rule.is_shadow())
-                .honour_replays(rule.honours_replays())
-                .build()
-                .ok()
-        })
-        .unwrap_or_else(|| rule.clone())
 }
 
 /// A rule's decision when it was not consulted (Redis unavailable under fail-open, or another
@@ -785,29 +549,6 @@ fn open_outcome(checks: &[Check<'_>]) -> Outcome {
     }
 }
 
-/// Indices of the targets per hash slot, in order of first appearance; the replay key's slot
-/// counts as a slot of its own when no target shares it.
-fn slot_groups(targets: &[Target], replay_key: Option<&str>) -> Vec<Vec<usize>> {
-    let mut slots: Vec<Slot> = Vec::new();
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, t) in targets.iter().enumerate() {
-        let slot = Slot::for_key(&t.key);
-        match slots.iter().position(|s| *s == slot) {
-            Some(g) => groups[g].push(i),
-            None => {
-                slots.push(slot);
-                groups.push(vec![i]);
-            }
-        }
-    }
-    if let Some(key) = replay_key {
-        if !slots.contains(&Slot::for_key(key)) {
-            groups.push(Vec::new());
-        }
-    }
-    groups
-}
-
 impl Store for RedisStore {
     type Error = RedisStoreError;
     const SHARED: bool = true;
@@ -817,37 +558,13 @@ impl Store for RedisStore {
         checks: &[Check<'_>],
         replay: Option<&Replay>,
     ) -> impl std::future::Future<Output = Result<Outcome, Self::Error>> + Send {
-        self.decide(checks, replay, false)
+        self.decide(checks, replay, Mode::Check)
     }
 
     fn peek(
         &self,
         checks: &[Check<'_>],
     ) -> impl std::future::Future<Output = Result<Outcome, Self::Error>> + Send {
-        self.decide(checks, None, true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scaled_rules_stay_valid() {
-        let rule = Rule::builder("r", Quota::per_minute(600).unwrap())
-            .build()
-            .unwrap();
-        let scaled = scaled_rule(&rule, 4);
-        assert_eq!(scaled.quota().limit(), 150);
-        assert_eq!(scaled.quota().burst(), 150);
-        assert_eq!(scaled.quota().period(), rule.quota().period());
-        assert_eq!(scaled.name(), "r");
-        let costly = Rule::builder("c", Quota::per_second(10).unwrap())
-            .algorithm(Algorithm::FixedWindow)
-            .cost(5)
-            .build()
-            .unwrap();
-        assert_eq!(scaled_rule(&costly, 100).quota().limit(), 5);
-        assert_eq!(scaled_rule(&rule, 1).quota().limit(), 600);
+        self.decide(checks, None, Mode::Peek)
     }
 }

@@ -15,8 +15,8 @@
 --       modes take the record's key alone.
 -- ARGV: mode, now_s, now_n (both empty: Redis TIME), nrules, replay, replay_ttl_ns,
 --       max_replays, charged_s, charged_n (refunds only), then 8 per rule:
---       algorithm (g|f|l|w), limit, period_ns, interval_ns, burst, cost, shadow (0|1),
---       honours replays (0|1).
+--       algorithm (g|f|l|w: the letter of its state's tag), limit, period_ns, interval_ns, burst,
+--       cost, shadow (0|1), honours replays (0|1).
 -- Modes:
 --   check          decide and charge, all-or-nothing. replay = 'none'; 'record' (KEYS holds the
 --                  record: with a live record under its cap, the rules that honour replays pass
@@ -503,29 +503,12 @@ local function decide(p, st, cost)
   return p.alg.decide(nil, p, cost)
 end
 
-local MODES = { check = true, peek = true, refund = true, take_replay = true,
-  return_replay = true, create_replay = true }
-if not MODES[mode] then
-  return redis.error_reply('tollgate: unknown mode ' .. tostring(mode) ..
-    '; the caller speaks another version of this script')
-end
-
--- Rule parameters.
-local nrules = tonumber(ARGV[4])
-local rules = {}
-for i = 1, nrules do
-  local b = 9 + (i - 1) * 8
-  rules[i] = {
-    alg = ALGORITHMS[ARGV[b + 1]],
-    limit = tonumber(ARGV[b + 2]),
-    period = tonumber(ARGV[b + 3]),
-    interval = tonumber(ARGV[b + 4]),
-    burst = tonumber(ARGV[b + 5]),
-    cost = tonumber(ARGV[b + 6]),
-    shadow = ARGV[b + 7] == '1',
-    replays = ARGV[b + 8] == '1',
-  }
-end
+-- Rule parameters and the idempotency record's, read once the mode is known (below).
+local nrules, rules
+local replay = ARGV[5]
+local replay_ttl = tonumber(ARGV[6])
+local max_replays = tonumber(ARGV[7])
+local RECORD = 'r1:'
 
 local function reply(allowed, replayed, decisions)
   local out = { NS, NN, allowed, replayed }
@@ -537,10 +520,6 @@ local function reply(allowed, replayed, decisions)
 end
 
 -- Idempotency records.
-local replay = ARGV[5]
-local replay_ttl = tonumber(ARGV[6])
-local max_replays = tonumber(ARGV[7])
-local RECORD = 'r1:'
 
 -- The live record at `key` as { expires at (as stored), replays taken }, or nil.
 local function read_record(key)
@@ -560,26 +539,87 @@ local function create_record(key)
   redis.call('SET', key, RECORD .. fmt(replay_ttl) .. ':0', 'PX', ttl_ms(replay_ttl))
 end
 
-if mode == 'take_replay' then
-  local record = read_record(KEYS[1])
-  if record and record[2] < max_replays then
-    set_taken(KEYS[1], record, record[2] + 1)
-    return reply(1, 1, {})
+-- Writes what an algorithm's refund returned for `key`: false deletes the key, a value with a
+-- ttl replaces it, a value alone keeps the key's TTL, nil leaves the key as it is.
+local function write_refund(key, value, ttl)
+  if value == false then
+    redis.call('DEL', key)
+  elseif value and ttl then
+    redis.call('SET', key, value, 'PX', ttl)
+  elseif value then
+    redis.call('SET', key, value, 'KEEPTTL')
   end
-  return reply(0, 0, {})
-end
-if mode == 'return_replay' then
-  local record = read_record(KEYS[1])
-  if record and record[2] > 0 then set_taken(KEYS[1], record, record[2] - 1) end
-  return reply(1, 0, {})
-end
-if mode == 'create_replay' then
-  -- A live record (even at its cap) stays until it expires.
-  if not read_record(KEYS[1]) then create_record(KEYS[1]) end
-  return reply(1, 0, {})
 end
 
-if mode == 'refund' then
+-- Every rule's decision, charged (all-or-nothing) when `charge`, else a peek.
+local function decide_all(charge)
+  -- A request that repeats an idempotency key: free in the rules that honour replays if the
+  -- record is live and under its cap (or an earlier call took the replay, in Cluster).
+  local honoured = false
+  for i = 1, nrules do
+    if rules[i].replays then honoured = true end
+  end
+  local replay_key = KEYS[nrules + 1]
+  local record = nil
+  local free = false
+  if charge and honoured then
+    if replay == 'taken' then
+      free = true
+    elseif replay == 'record' then
+      record = read_record(replay_key)
+      free = record ~= nil and record[2] < max_replays
+    end
+  end
+
+  local decisions, writes = {}, {}
+  local allowed = 1
+  for i = 1, nrules do
+    local p = rules[i]
+    local st = read(p, KEYS[i])
+    local d, value, ttl
+    if charge then
+      local waived = free and p.replays
+      local cost = p.cost
+      if waived then cost = 0 end
+      d, value, ttl = decide(p, st, cost)
+      -- A free replay is not written: it was paid for when it was first charged.
+      if d[1] == 1 and not waived and value then writes[i] = { value, ttl } end
+    else
+      -- Peek: would it pass? If so, report the figures as they stand.
+      d = decide(p, st, p.cost)
+      if d[1] == 1 then d = decide(p, st, 0) end
+    end
+    decisions[i] = d
+    if d[1] == 0 and not p.shadow then allowed = 0 end
+  end
+
+  if charge and allowed == 1 then
+    for i = 1, nrules do
+      local w = writes[i]
+      if w then redis.call('SET', KEYS[i], w[1], 'PX', w[2]) end
+    end
+    if replay == 'record' and honoured then
+      if free then
+        set_taken(replay_key, record, record[2] + 1)
+      elseif not record then
+        create_record(replay_key)
+      end
+    end
+  end
+
+  local replayed = 0
+  if free and allowed == 1 then replayed = 1 end
+  return reply(allowed, replayed, decisions)
+end
+
+-- The modes (see the header), like the algorithms a table: each returns the reply.
+local MODES = {}
+
+function MODES.check() return decide_all(true) end
+
+function MODES.peek() return decide_all(false) end
+
+function MODES.refund()
   -- Reverse a charge this request made at (charged_s, charged_n), as far as it still stands
   -- (another request may have moved the state on since).
   local cs, cn = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -589,75 +629,54 @@ if mode == 'refund' then
     local st = read(p, key)
     if st then
       local ok, value, ttl = pcall(p.alg.refund, st, p, charged, cs, cn)
-      if not ok then
-        -- Nothing this script wrote: leave it; the next charge overwrites it.
-      elseif value == false then
-        redis.call('DEL', key)
-      elseif value and ttl then
-        redis.call('SET', key, value, 'PX', ttl)
-      elseif value then
-        redis.call('SET', key, value, 'KEEPTTL')
-      end
+      -- If it raised, it was nothing this script wrote: leave it; the next charge overwrites it.
+      if ok then write_refund(key, value, ttl) end
     end
   end
   return reply(1, 0, {})
 end
 
-local charge = mode == 'check'
--- A request that repeats an idempotency key: free in the rules that honour replays if the
--- record is live and under its cap (or an earlier call took the replay, in Cluster).
-local honoured = false
+function MODES.take_replay()
+  local record = read_record(KEYS[1])
+  if record and record[2] < max_replays then
+    set_taken(KEYS[1], record, record[2] + 1)
+    return reply(1, 1, {})
+  end
+  return reply(0, 0, {})
+end
+
+function MODES.return_replay()
+  local record = read_record(KEYS[1])
+  if record and record[2] > 0 then set_taken(KEYS[1], record, record[2] - 1) end
+  return reply(1, 0, {})
+end
+
+function MODES.create_replay()
+  -- A live record (even at its cap) stays until it expires.
+  if not read_record(KEYS[1]) then create_record(KEYS[1]) end
+  return reply(1, 0, {})
+end
+
+local run = MODES[mode]
+if not run then
+  return redis.error_reply('tollgate: unknown mode ' .. tostring(mode) ..
+    '; the caller speaks another version of this script')
+end
+
+nrules = tonumber(ARGV[4])
+rules = {}
 for i = 1, nrules do
-  if rules[i].replays then honoured = true end
-end
-local replay_key = KEYS[nrules + 1]
-local record = nil
-local free = false
-if charge and honoured then
-  if replay == 'taken' then
-    free = true
-  elseif replay == 'record' then
-    record = read_record(replay_key)
-    free = record ~= nil and record[2] < max_replays
-  end
-end
-
-local decisions, writes = {}, {}
-local allowed = 1
-for i = 1, nrules do
-  local p = rules[i]
-  local st = read(p, KEYS[i])
-  local d, value, ttl
-  if charge then
-    local waived = free and p.replays
-    local cost = p.cost
-    if waived then cost = 0 end
-    d, value, ttl = decide(p, st, cost)
-    -- A free replay is not written: it was paid for when it was first charged.
-    if d[1] == 1 and not waived and value then writes[i] = { value, ttl } end
-  else
-    -- Peek: would it pass? If so, report the figures as they stand.
-    d = decide(p, st, p.cost)
-    if d[1] == 1 then d = decide(p, st, 0) end
-  end
-  decisions[i] = d
-  if d[1] == 0 and not p.shadow then allowed = 0 end
+  local b = 9 + (i - 1) * 8
+  rules[i] = {
+    alg = ALGORITHMS[ARGV[b + 1]],
+    limit = tonumber(ARGV[b + 2]),
+    period = tonumber(ARGV[b + 3]),
+    interval = tonumber(ARGV[b + 4]),
+    burst = tonumber(ARGV[b + 5]),
+    cost = tonumber(ARGV[b + 6]),
+    shadow = ARGV[b + 7] == '1',
+    replays = ARGV[b + 8] == '1',
+  }
 end
 
-if charge and allowed == 1 then
-  for i = 1, nrules do
-    local w = writes[i]
-    if w then redis.call('SET', KEYS[i], w[1], 'PX', w[2]) end
-  end
-  if replay == 'record' and honoured then
-    if free then
-      set_taken(replay_key, record, record[2] + 1)
-    elseif not record then
-      create_record(replay_key)
-    end
-  end
-end
-
-local replayed = 0
-if free and allowed == 1 then replayed = 1 end
-return reply(allowed, replayed, decisions)
+return run()
