@@ -2,7 +2,6 @@
 //! options, custom bodies.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -14,7 +13,8 @@ use tollgate::{
 };
 
 use crate::support::{
-    manual_store, raw_status_line, serve_axum, serve_axum_without_peer, Headers, TestClient,
+    manual_store, raw_status_line, serve_axum, serve_axum_without_peer, BrokenStore, Headers,
+    TestClient,
 };
 
 fn rule(name: &str, quota: Quota) -> Rule {
@@ -235,34 +235,10 @@ async fn a_missing_peer_address_is_a_clear_500_not_a_global_bucket() {
     assert!(limiter.store().is_empty());
 }
 
-/// A store that always fails, as a Redis store does during an outage.
-#[derive(Clone)]
-struct BrokenStore;
-
-#[derive(Debug, thiserror::Error)]
-#[error("connection refused")]
-struct Refused;
-
-impl Store for BrokenStore {
-    type Error = Refused;
-
-    fn check(
-        &self,
-        _: &[Check<'_>],
-        _: Option<&Replay>,
-    ) -> impl Future<Output = Result<Outcome, Refused>> + Send {
-        std::future::ready(Err(Refused))
-    }
-
-    fn peek(&self, _: &[Check<'_>]) -> impl Future<Output = Result<Outcome, Refused>> + Send {
-        std::future::ready(Err(Refused))
-    }
-}
-
 #[tokio::test]
 async fn a_store_error_is_a_503_with_a_json_body() {
     let limiter = RateLimitLayer::builder()
-        .store(BrokenStore)
+        .store(BrokenStore::<false>)
         .limit(per_ip(100))
         .build()
         .unwrap();

@@ -2,7 +2,6 @@
 //! `api_key`) never reaches a `{:?}` of the layer's types, and every per-request log line is
 //! rate-limited with a count of what it held back.
 
-use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -10,10 +9,10 @@ use std::time::Instant;
 use axum::routing::get;
 use axum::Router;
 use http::{Method, StatusCode};
-use tollgate::{Check, KeySecret, MemoryStore, Outcome, Quota, Replay, Rule, Store};
+use tollgate::{KeySecret, MemoryStore, Quota, Rule, Store};
 use tollgate::{KeyPart, Limit, RateLimitLayer};
 
-use crate::support::{serve_axum, TestClient};
+use crate::support::{serve_axum, BrokenStore, TestClient};
 
 /// Everything a test's subscriber wrote.
 #[derive(Clone, Default)]
@@ -106,31 +105,6 @@ async fn a_denial_debug_output_names_the_rule_and_no_secret() {
     }
 }
 
-/// A store that always fails, as a Redis store does during an outage.
-#[derive(Clone)]
-struct BrokenStore;
-
-#[derive(Debug, thiserror::Error)]
-#[error("connection refused")]
-struct Refused;
-
-impl Store for BrokenStore {
-    type Error = Refused;
-    const SHARED: bool = true;
-
-    fn check(
-        &self,
-        _: &[Check<'_>],
-        _: Option<&Replay>,
-    ) -> impl Future<Output = Result<Outcome, Refused>> + Send {
-        std::future::ready(Err(Refused))
-    }
-
-    fn peek(&self, _: &[Check<'_>]) -> impl Future<Output = Result<Outcome, Refused>> + Send {
-        std::future::ready(Err(Refused))
-    }
-}
-
 /// Lines of `text` that contain `needle`.
 fn lines_with(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
@@ -140,7 +114,7 @@ fn lines_with(text: &str, needle: &str) -> usize {
 async fn an_outage_logs_one_line_per_second_with_a_suppressed_count() {
     let (logs, _guard) = capture();
     let limiter = RateLimitLayer::builder()
-        .store(BrokenStore)
+        .store(BrokenStore::<true>)
         .key_secret(KeySecret::from_bytes(*b"0123456789abcdef"))
         .limit(
             Limit::new(
@@ -212,7 +186,7 @@ async fn a_shadow_flood_logs_one_line_per_second() {
 fn a_shared_store_with_the_public_default_secret_is_warned_about_once() {
     let (logs, _guard) = capture();
     let build = |secret: Option<KeySecret>| {
-        let builder = RateLimitLayer::builder().store(BrokenStore);
+        let builder = RateLimitLayer::builder().store(BrokenStore::<true>);
         match secret {
             Some(secret) => builder.key_secret(secret),
             None => builder,

@@ -235,3 +235,32 @@ pub async fn raw_status_line(addr: SocketAddr, request: &[u8]) -> String {
     let text = String::from_utf8_lossy(&buf[..read]);
     text.lines().next().unwrap_or_default().to_owned()
 }
+
+/// A store that always fails, as a Redis store does during an outage; `SHARED` says whether it
+/// passes for a shared store (the layer then warns about the public default key secret).
+#[derive(Clone)]
+pub struct BrokenStore<const SHARED: bool = false>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("connection refused")]
+pub struct Refused;
+
+impl<const SHARED: bool> tollgate::Store for BrokenStore<SHARED> {
+    type Error = Refused;
+    const SHARED: bool = SHARED;
+
+    fn check(
+        &self,
+        _: &[tollgate::Check<'_>],
+        _: Option<&tollgate::Replay>,
+    ) -> impl std::future::Future<Output = Result<tollgate::Outcome, Refused>> + Send {
+        std::future::ready(Err(Refused))
+    }
+
+    fn peek(
+        &self,
+        _: &[tollgate::Check<'_>],
+    ) -> impl std::future::Future<Output = Result<tollgate::Outcome, Refused>> + Send {
+        std::future::ready(Err(Refused))
+    }
+}
