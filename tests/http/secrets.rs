@@ -9,8 +9,8 @@ use std::time::Instant;
 use axum::routing::get;
 use axum::Router;
 use http::{Method, StatusCode};
-use tollgate::{KeySecret, MemoryStore, Quota, Rule, Store};
 use tollgate::{KeyPart, Limit, RateLimitLayer};
+use tollgate::{KeySecret, MemoryStore, Quota, Rule, Store};
 
 use crate::support::{serve_axum, BrokenStore, TestClient};
 
