@@ -431,7 +431,7 @@ impl<C: Clock> MemoryStore<C> {
         let decision = {
             let mut tables = self.inner.shards[self.shard_of(&slot)].0.lock();
             let now = tables.advance(&self.inner.clock);
-            tables.run::<Charge>(check, slot, now, check.rule.cost())
+            tables.charge(check, slot, now)
         };
         // What `Outcome::new` gives for one check, built where it is returned: moving a
         // finished outcome (256 bytes) cost more than deciding it.
@@ -829,7 +829,6 @@ impl Tables {
 
     /// Runs `J` on a check's key under its rule's algorithm: the one place an [`Algorithm`]
     /// meets its state machine and table.
-    #[inline]
     fn run<J: Job>(&mut self, check: &Check<'_>, slot: Slot, now: Nanos, cost: u64) -> J::Output {
         let at = At {
             slot,
@@ -843,6 +842,15 @@ impl Tables {
             Algorithm::SlidingWindow => J::run::<SlidingWindow>(self, at),
             Algorithm::SlidingLog => J::run::<SlidingLog>(self, at),
         }
+    }
+
+    /// Decides a lone check and charges it if admitted, with one map lookup.
+    ///
+    /// Not generic, so that it is compiled once out of `decide`'s body: inlined there, it left
+    /// the algorithms' `decide` out of line, called twice (measured: about 10% more
+    /// instructions per request).
+    fn charge(&mut self, check: &Check<'_>, slot: Slot, now: Nanos) -> Decision {
+        self.run::<Charge>(check, slot, now, check.rule.cost())
     }
 
     /// Whether a request would pass now, with the figures as they stand (nothing charged).
