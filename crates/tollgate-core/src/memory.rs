@@ -4,6 +4,11 @@
 //! live in (in index order, so two requests never deadlock), decides every rule, and writes only
 //! if no enforced rule denied: all-or-nothing, even under concurrency.
 //!
+//! Each kind of entry (an algorithm's states, idempotency records) has one table, and says once,
+//! in its `Kept` impl, where its table is, when an entry expires and how much it holds. Requests
+//! reach a table through `Tables::run`, which picks the state machine statically; sweeps and
+//! evictions reach every table through the `Housekept` trait object, off the request path.
+//!
 //! # Memory
 //!
 //! Each algorithm has its own map, so a key costs exactly its algorithm's state: a GCRA key is a
@@ -611,7 +616,8 @@ trait Housekept {
     fn len(&self) -> usize;
     /// Drops the entries expired at `now`; returns the entries visited.
     fn sweep(&mut self, now: Nanos) -> usize;
-    /// The lowest-ranked of a random sample; see [`Table::lowest`].
+    /// The lowest-ranked of a random sample of entries, with its bucket: the one sampling
+    /// eviction draws on.
     fn lowest(&self, random: &mut u64, until_found: bool, probed: &mut u64) -> Option<Candidate>;
     fn remove_bucket(&mut self, bucket: usize);
 }
@@ -625,8 +631,31 @@ impl<K: Kept> Housekept for Table<K> {
         self.retain(|entry| K::expiry(entry) > now)
     }
 
+    /// Among up to [`EVICTION_SAMPLE`] entries found in up to [`EVICTION_PROBES`] random
+    /// buckets (more, until one is found, if `until_found`), the lowest-ranked with its bucket.
+    /// Adds the buckets probed to `probed`.
+    ///
+    /// Buckets are drawn independently, and ties go to the lowest slot, so every entry is as
+    /// likely to go whatever its neighbours. Sampling the entries that follow one random bucket
+    /// would favour entries after a gap, and so grow the gaps until samples find nothing.
     fn lowest(&self, random: &mut u64, until_found: bool, probed: &mut u64) -> Option<Candidate> {
-        Table::lowest(self, random, until_found, probed)
+        if self.map.is_empty() {
+            return None;
+        }
+        let buckets = self.map.num_buckets() as u64;
+        let (mut lowest, mut found, mut probes) = (None::<Candidate>, 0, 0);
+        while found < EVICTION_SAMPLE && (probes < EVICTION_PROBES || (until_found && found == 0)) {
+            probes += 1;
+            let bucket = (splitmix(random) % buckets) as usize;
+            if let Some((slot, entry)) = self.map.get_bucket(bucket) {
+                let rank = (K::expiry(entry), K::usage(entry));
+                let candidate = ((rank, *slot), bucket);
+                lowest = Some(lowest.map_or(candidate, |l| l.min(candidate)));
+                found += 1;
+            }
+        }
+        *probed += probes as u64;
+        lowest
     }
 
     fn remove_bucket(&mut self, bucket: usize) {
@@ -708,33 +737,6 @@ impl<K: Kept> Table<K> {
             self.map.shrink_to(len * 2, |(k, _)| hasher.hash_one(k));
         }
         visited
-    }
-
-    /// Among up to [`EVICTION_SAMPLE`] entries found in up to [`EVICTION_PROBES`] random
-    /// buckets (more, until one is found, if `until_found`), the lowest-ranked with its bucket.
-    /// Adds the buckets probed to `probed`.
-    ///
-    /// Buckets are drawn independently, and ties go to the lowest slot, so every entry is as
-    /// likely to go whatever its neighbours. Sampling the entries that follow one random bucket
-    /// would favour entries after a gap, and so grow the gaps until samples find nothing.
-    fn lowest(&self, random: &mut u64, until_found: bool, probed: &mut u64) -> Option<Candidate> {
-        if self.map.is_empty() {
-            return None;
-        }
-        let buckets = self.map.num_buckets() as u64;
-        let (mut lowest, mut found, mut probes) = (None::<Candidate>, 0, 0);
-        while found < EVICTION_SAMPLE && (probes < EVICTION_PROBES || (until_found && found == 0)) {
-            probes += 1;
-            let bucket = (splitmix(random) % buckets) as usize;
-            if let Some((slot, entry)) = self.map.get_bucket(bucket) {
-                let rank = (K::expiry(entry), K::usage(entry));
-                let candidate = ((rank, *slot), bucket);
-                lowest = Some(lowest.map_or(candidate, |l| l.min(candidate)));
-                found += 1;
-            }
-        }
-        *probed += probes as u64;
-        lowest
     }
 }
 
