@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::clock::saturating_nanos;
 use crate::{Algorithm, Check, KeySecret, ManualClock, Nanos, Quota, Replay, Rule, Store};
 
 /// Where the table's time starts: 2023-11-15T00:00:00Z, a multiple of every period used, so fixed
@@ -493,7 +494,7 @@ pub async fn run<S: Store>(store: &S, clock: &ManualClock, nonce: u64) -> Result
             .finish();
         let checks: Vec<Check<'_>> = case.rules.iter().map(|rule| Check { rule, key }).collect();
         for (n, step) in case.steps.iter().enumerate() {
-            clock.set(start + step.at.as_nanos() as u64);
+            clock.set(start + saturating_nanos(step.at));
             let replay = step.replay.map(|k| Replay {
                 key: KeySecret::DEFAULT
                     .key()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::clock::saturating_nanos as nanos;
 use crate::quota::MAX_PERIOD_NANOS;
 
 /// Runs arrivals `(step since the previous arrival, cost)` through a machine from an empty
@@ -151,10 +152,6 @@ fn assert_retry_after_exact<M: StateMachine>(
         }
     }
     Ok(())
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap()
 }
 
 proptest! {
@@ -604,7 +601,7 @@ fn arithmetic_holds_at_the_extremes() {
         let (d, s) = Gcra::decide(None, now, &quota, quota.burst());
         assert!(d.allowed);
         let (denied, _) = Gcra::decide(s.as_ref(), now, &quota, 1);
-        let wait = denied.retry_after.unwrap().as_nanos() as u64;
+        let wait = nanos(denied.retry_after.unwrap());
         assert_eq!(wait, quota.interval_nanos());
         assert!(Gcra::decide(s.as_ref(), now + wait, &quota, 1).0.allowed);
     }
