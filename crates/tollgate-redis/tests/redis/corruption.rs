@@ -14,7 +14,7 @@ use tollgate_core::{
 use tollgate_redis::{RedisConnection, RedisStore};
 
 use crate::differential::Rng;
-use crate::support::{TestCluster, TestRedis};
+use crate::support::{patient, TestCluster, TestRedis};
 
 /// Ten minutes into an hour: no hourly window rolls over during a test.
 const NOW: Nanos = 1_800_000_000_000_000_000 - 3_000_000_000_000 + 600_000_000_000;
@@ -367,19 +367,6 @@ async fn corrupt_cluster(
 ) {
     let _: () = redis::cmd("DEL").arg(key).query_async(admin).await.unwrap();
     let _: redis::Value = corruption(key, bad).query_async(admin).await.unwrap();
-}
-
-/// Patient connections: this test is about corruption, not timeouts (see faults.rs), and a
-/// loaded 2-core machine can be slow.
-async fn patient(url: &str) -> RedisConnection {
-    let client = redis::Client::open(url).unwrap();
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(10)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    redis::aio::ConnectionManager::new_with_config(client, config)
-        .await
-        .unwrap()
-        .into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use tollgate::TokenId;
 use tollgate_redis::RedisStore;
 use tower::ServiceExt;
 
-use crate::support::TestRedis;
+use crate::support::{scan_keys, TestRedis};
 
 /// Raw identities, as a client sends them.
 const API_KEYS: [&str; 3] = [
@@ -117,23 +117,7 @@ async fn http_traffic_leaves_exactly_its_keys_in_redis_and_no_raw_identity() {
     assert_eq!(statuses.get(&200), Some(&(3 * (2 + 4 + 3))), "{statuses:?}");
 
     let mut admin = redis.admin().await;
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    keys.sort();
+    let keys = scan_keys(&mut admin, "*").await;
 
     // Exactly: a per-token key per api key, a per-IP key per address that logged in, an
     // idempotency record per (token, Idempotency-Key) write; nothing for the logins' keys (the

@@ -6,7 +6,7 @@ use tollgate_core::{Algorithm, Check, KeySecret, Nanos, Quota, Replay, Rule, Sto
 use tollgate_redis::{RedisConnection, RedisStore};
 
 use crate::realtime::{assert_expiry, needed_until, redis_now, sleep_until, SET_LATENESS_MS};
-use crate::support::TestRedis;
+use crate::support::{scan_keys, TestRedis};
 
 /// Realistic raw identities, as an HTTP layer would see them.
 const TOKENS: [&str; 3] = [
@@ -101,24 +101,7 @@ async fn store_keys_are_digests_values_are_tagged_numbers_and_every_key_expires_
     }
 
     let mut admin = redis.admin().await;
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let keys = scan_keys(&mut admin, &format!("{prefix}:*")).await;
     // 4 per-token algorithms x 3 tokens + 3 IPs + 3 api keys + replay records.
     assert!(keys.len() >= 18, "{keys:?}");
     let raw: Vec<&str> = TOKENS

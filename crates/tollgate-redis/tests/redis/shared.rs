@@ -10,7 +10,7 @@ use tollgate_core::{
 };
 use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 
-use crate::support::{TestCluster, TestRedis};
+use crate::support::{patient, TestCluster, TestRedis};
 
 fn unique_key(label: &str) -> Key {
     let nonce = SystemTime::now()
@@ -31,20 +31,6 @@ fn strict(connection: RedisConnection) -> RedisStore {
         .budget(Duration::from_secs(5))
         .failure_policy(FailurePolicy::FailClosed)
         .build()
-}
-
-/// Connections for those stores: the library's own connections time a reply out after 1 s,
-/// which a loaded CI machine (a build on both cores, hundreds of callers) can exceed. These tests
-/// are about exact counts, not about timeouts (see faults.rs), so they wait longer.
-async fn patient(url: &str) -> RedisConnection {
-    let client = redis::Client::open(url).unwrap();
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(10)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    redis::aio::ConnectionManager::new_with_config(client, config)
-        .await
-        .unwrap()
-        .into()
 }
 
 async fn patient_cluster(urls: impl IntoIterator<Item = String>) -> RedisConnection {

@@ -508,3 +508,45 @@ impl TestCluster {
             .unwrap()
     }
 }
+
+/// A patient connection: the library's own connections time a reply out after 1 s, which a
+/// loaded CI machine (a build on both cores, hundreds of callers) can exceed. For tests about
+/// exact counts or corruption, not timeouts (see faults.rs).
+pub async fn patient(url: &str) -> tollgate_redis::RedisConnection {
+    let client = redis::Client::open(url).unwrap();
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .unwrap()
+        .into()
+}
+
+/// Every key of the database `admin` is connected to that matches `pattern` (`*` for all),
+/// sorted.
+pub async fn scan_keys(
+    admin: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(admin)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    keys.sort();
+    keys
+}
