@@ -67,8 +67,8 @@ pub use tollgate_core;
 
 pub use tollgate_core::{
     Algorithm, Check, Clock, Decision, Key, KeyBuilder, KeySecret, ManualClock, MemoryStore,
-    MemoryStoreBuilder, Outcome, Quota, QuotaError, Replay, Rule, RuleBuilder, RuleError, Store,
-    SystemClock,
+    MemoryStoreBuilder, Outcome, ParseQuotaError, Quota, QuotaError, Replay, Rule, RuleBuilder,
+    RuleError, Store, SystemClock,
 };
 
 pub use body::ResponseBody;

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use crate::clock::saturating_nanos;
 
+mod text;
+
+pub use text::ParseQuotaError;
+
 /// The longest period, in nanoseconds: 2^51 ns, about 26 days.
 ///
 /// Every quantity an algorithm computes is bounded by a small multiple of the period or of the
