@@ -51,7 +51,9 @@ pub use clock::{Clock, ManualClock, Nanos, SystemClock};
 pub use decision::{Decision, Decisions, Outcome};
 pub use key::{Key, KeyBuilder, KeySecret};
 pub use memory::{MemoryStats, MemoryStore, MemoryStoreBuilder};
-pub use quota::{ParseQuotaError, Quota, QuotaError, MAX_BURST_SPAN_NANOS, MAX_PERIOD_NANOS};
+pub use quota::{
+    parse_duration, ParseQuotaError, Quota, QuotaError, MAX_BURST_SPAN_NANOS, MAX_PERIOD_NANOS,
+};
 pub use rule::{Rule, RuleBuilder, RuleError, MAX_RULE_NAME_LEN};
 pub use store::{Check, Replay, Store};
 pub use throttle::LogThrottle;

@@ -7,7 +7,7 @@ use crate::clock::saturating_nanos;
 
 mod text;
 
-pub use text::ParseQuotaError;
+pub use text::{parse_duration, ParseQuotaError};
 
 /// The longest period, in nanoseconds: 2^51 ns, about 26 days.
 ///

@@ -20,6 +20,12 @@ pub enum ParseQuotaError {
         /// The text that was read, cut to 64 characters.
         text: String,
     },
+    /// The text is not a duration (`<count><unit>`).
+    #[error("{text:?} is not a duration; write a count and a unit, e.g. \"250ms\", \"10s\", \"5m\", \"24h\", \"1 day\"")]
+    Duration {
+        /// The text that was read, cut to 64 characters.
+        text: String,
+    },
     /// The period's unit is not one this parser knows.
     #[error("{unit:?} is not a unit of time; use ms, s, m, h or d (or millisecond, second, minute, hour, day)")]
     Unit {
@@ -56,24 +62,48 @@ impl FromStr for Quota {
             None => split_per(trimmed).ok_or_else(syntax)?,
         };
         let limit = number(limit.trim()).ok_or_else(syntax)?;
-        let period = period.trim();
-        let digits = period.bytes().take_while(u8::is_ascii_digit).count();
-        let (count, unit) = period.split_at(digits);
-        let count = if count.is_empty() {
-            1
-        } else {
-            number(count).ok_or_else(syntax)?
-        };
-        let unit = unit.trim_start();
-        if unit.is_empty() || !unit.chars().all(char::is_alphabetic) {
-            return Err(syntax());
-        }
-        let unit_nanos =
-            unit_nanos(unit).ok_or_else(|| ParseQuotaError::Unit { unit: cut(unit) })?;
-        // An overflowing period is longer than any valid one: let `Quota::new` say so.
-        let period = Duration::from_nanos(count.saturating_mul(unit_nanos));
+        let period = span(period, true).ok_or_else(syntax)??;
         Ok(Quota::new(limit, period)?)
     }
+}
+
+/// Reads a span of time written like a quota's period, with a count: `"250ms"`, `"10s"`,
+/// `"5 minutes"`, `"24h"`, `"1 day"`. For the settings that are durations (a TTL, a budget).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// assert_eq!(tollgate_core::parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(tollgate_core::parse_duration("24 hours"), Ok(Duration::from_secs(86_400)));
+/// assert!(tollgate_core::parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, ParseQuotaError> {
+    span(text, false).unwrap_or_else(|| {
+        Err(ParseQuotaError::Duration {
+            text: cut(text.trim()),
+        })
+    })
+}
+
+/// `[<count>] <unit>`: `None` when it does not read (the caller names the form it expected),
+/// `Some(Err)` for an unknown unit. The count may be left out only where `bare_unit` allows
+/// (`"100/minute"`). A count too large saturates, so it is reported as too long, never wrapped.
+fn span(text: &str, bare_unit: bool) -> Option<Result<Duration, ParseQuotaError>> {
+    let text = text.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (count, unit) = text.split_at(digits);
+    let count = match count {
+        "" if bare_unit => 1,
+        _ => number(count)?,
+    };
+    let unit = unit.trim_start();
+    if unit.is_empty() || !unit.chars().all(char::is_alphabetic) {
+        return None;
+    }
+    Some(match unit_nanos(unit) {
+        Some(size) => Ok(Duration::from_nanos(count.saturating_mul(size))),
+        None => Err(ParseQuotaError::Unit { unit: cut(unit) }),
+    })
 }
 
 impl fmt::Display for Quota {
@@ -243,6 +273,30 @@ mod tests {
         assert_eq!(show(1, Duration::from_secs(86_400)), "1/day");
         assert_eq!(show(3, Duration::from_secs(7200)), "3/2h");
         assert_eq!(show(7, Duration::from_nanos(1_500_000)), "7/1500000ns");
+    }
+
+    #[test]
+    fn durations_need_a_count_and_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 5 minutes"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for text in ["", "s", "minute", "5", "-5s", "1.5s", "5 s x"] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(
+                matches!(err, ParseQuotaError::Duration { .. }),
+                "{text:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("\"250ms\""), "{err}");
+        }
+        assert!(matches!(
+            parse_duration("5 fortnights"),
+            Err(ParseQuotaError::Unit { .. })
+        ));
+        // Saturates rather than wrapping into a short span.
+        assert_eq!(
+            parse_duration("18446744073709551615d"),
+            Ok(Duration::from_nanos(u64::MAX))
+        );
     }
 
     proptest! {
