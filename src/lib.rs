@@ -47,6 +47,9 @@
 mod body;
 mod builder;
 pub mod client_ip;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
 mod error;
 mod head;
 mod idempotency;
