@@ -334,16 +334,32 @@ impl<S: Store> RateLimitBuilder<S> {
     /// Checks the configuration and builds the layer: every mistake is reported, the one
     /// alone, several as [`BuildError::Several`].
     pub fn build(self) -> Result<RateLimitLayer<S>, BuildError> {
-        let shared_default_secret = S::SHARED && self.settings.secret == KeySecret::DEFAULT;
-        let limiter = Limiter::new(self.store, self.settings, self.mistakes)?;
-        if shared_default_secret && !WARNED_DEFAULT_SECRET.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "tollgate: a shared store (Redis) is keyed with the public default KeySecret, so \
-                 whoever can read the store can test guesses (an IP address has few possible \
-                 values) against its key digests; set RateLimitBuilder::key_secret to a secret of \
-                 your own, the same on every instance (logged once)"
-            );
-        }
-        Ok(RateLimitLayer::from_limiter(Arc::new(limiter)))
+        let store = Arc::new(self.store);
+        let limiter = compile(&store, self.settings, self.mistakes)?;
+        Ok(RateLimitLayer::from_limiter(store, limiter))
     }
+
+    /// The settings compiled on `store` (not this builder's own): how a running layer takes a
+    /// new configuration.
+    pub(crate) fn compile_on<T: Store>(self, store: &Arc<T>) -> Result<Limiter<T>, BuildError> {
+        compile(store, self.settings, self.mistakes)
+    }
+}
+
+fn compile<S: Store>(
+    store: &Arc<S>,
+    settings: Settings,
+    mistakes: Vec<BuildError>,
+) -> Result<Limiter<S>, BuildError> {
+    let shared_default_secret = S::SHARED && settings.secret == KeySecret::DEFAULT;
+    let limiter = Limiter::new(Arc::clone(store), settings, mistakes)?;
+    if shared_default_secret && !WARNED_DEFAULT_SECRET.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "tollgate: a shared store (Redis) is keyed with the public default KeySecret, so \
+             whoever can read the store can test guesses (an IP address has few possible \
+             values) against its key digests; set RateLimitBuilder::key_secret to a secret of \
+             your own, the same on every instance (logged once)"
+        );
+    }
+    Ok(limiter)
 }

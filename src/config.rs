@@ -222,6 +222,29 @@ impl Config {
             })
     }
 
+    /// Puts this configuration in force in a running `layer` (see [`RateLimitLayer::reload`]:
+    /// atomic, and limits that keep their names keep their state); the layer keeps its store,
+    /// so the file's `[store]` section is not read. On an error the running configuration
+    /// stays in place.
+    ///
+    /// ```
+    /// use tollgate::config::Config;
+    ///
+    /// let first = Config::from_toml("[[limits]]\nname = \"a\"\nquota = \"10/s\"\n", "v1.toml")?;
+    /// let layer = first.layer()?;
+    /// let second = Config::from_toml("[[limits]]\nname = \"a\"\nquota = \"20/s\"\n", "v2.toml")?;
+    /// second.reload(&layer)?;
+    /// # Ok::<(), tollgate::config::ConfigError>(())
+    /// ```
+    pub fn reload<S: Store>(&self, layer: &RateLimitLayer<S>) -> Result<(), ConfigError> {
+        layer
+            .reload(self.apply(RateLimitLayer::builder())?)
+            .map_err(|source| ConfigError::Build {
+                origin: self.origin.clone(),
+                source,
+            })
+    }
+
     /// Applies everything but the store to `builder`, so code can add to it (a custom
     /// responder, a key part from a closure) before building.
     pub fn apply<S: Store>(

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -26,13 +27,15 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::builder::RateLimitBuilder;
+use crate::error::BuildError;
 use crate::head::RequestHead;
 use crate::limiter::{Limiter, Verdict};
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
 
-/// The rate-limiting layer. Cloning it is cheap (one `Arc`), and every clone, and every service
-/// it makes, shares the same limits, store and counters.
+/// The rate-limiting layer. Cloning it is cheap (two `Arc`s), and every clone, and every service
+/// it makes, shares the same limits, store and counters; [`reload`](Self::reload) changes the
+/// limits of them all at once.
 ///
 /// ```no_run
 /// use std::net::SocketAddr;
@@ -51,8 +54,13 @@ use crate::response::{self, RateLimitHeaders};
 /// ```
 #[must_use]
 pub struct RateLimitLayer<S = MemoryStore> {
-    limiter: Arc<Limiter<S>>,
+    store: Arc<S>,
+    limiter: Current<S>,
 }
+
+/// The configuration in force, shared by a layer, its clones and its services, and replaced
+/// whole by a reload: a request loads it once and is decided by it alone.
+type Current<S> = Arc<ArcSwap<Limiter<S>>>;
 
 impl RateLimitLayer<MemoryStore> {
     /// Starts configuring a layer, with a [`MemoryStore`] until told otherwise.
@@ -62,8 +70,43 @@ impl RateLimitLayer<MemoryStore> {
 }
 
 impl<S: Store> RateLimitLayer<S> {
-    pub(crate) fn from_limiter(limiter: Arc<Limiter<S>>) -> Self {
-        Self { limiter }
+    pub(crate) fn from_limiter(store: Arc<S>, limiter: Limiter<S>) -> Self {
+        Self {
+            store,
+            limiter: Arc::new(ArcSwap::from_pointee(limiter)),
+        }
+    }
+
+    /// Puts the limits and settings of `builder` in force in this layer, its clones and every
+    /// service made from them, at once: each request is decided wholly by the old
+    /// configuration or wholly by the new one, and requests already being decided finish under
+    /// the old. When `builder` has mistakes, they are returned and the running configuration
+    /// stays in place.
+    ///
+    /// The layer keeps its store (the builder's own store is not used), so state is kept per
+    /// limit name and key: a limit whose name and key parts are unchanged keeps its buckets.
+    /// A changed quota applies from the next request to the state as it stands: what was used
+    /// stays used (a fixed window that counted 80 under an old 100/minute admits 20 more under
+    /// the same quota, none under a new 50/minute until its window ends). A renamed limit, or
+    /// new key parts, start empty, and so does a changed algorithm: a store reads state kept
+    /// by another algorithm as absent. The counters of [`metrics`](Self::metrics) start again
+    /// from zero.
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .limit(Limit::per_minute("per_ip", 100).key(KeyPart::client_ip()))
+    ///     .build()?;
+    /// // Later, from a configuration change: every clone of `layer` sees 200/min at once.
+    /// layer.reload(RateLimitLayer::builder().limit(Limit::per_minute("per_ip", 200).key(KeyPart::client_ip())))?;
+    /// assert_eq!(layer.metrics().limits.len(), 1);
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn reload<T: Store>(&self, builder: RateLimitBuilder<T>) -> Result<(), BuildError> {
+        let limiter = builder.compile_on(&self.store)?;
+        self.limiter.store(Arc::new(limiter));
+        Ok(())
     }
 
     /// What every limit decided so far: allowed, denied, shadow-denied and store errors.
@@ -76,18 +119,19 @@ impl<S: Store> RateLimitLayer<S> {
     /// # Ok::<(), tollgate::BuildError>(())
     /// ```
     pub fn metrics(&self) -> Metrics {
-        self.limiter.metrics()
+        self.limiter.load().metrics()
     }
 
     /// The store.
     pub fn store(&self) -> &S {
-        self.limiter.store()
+        &self.store
     }
 }
 
 impl<S> Clone for RateLimitLayer<S> {
     fn clone(&self) -> Self {
         Self {
+            store: Arc::clone(&self.store),
             limiter: Arc::clone(&self.limiter),
         }
     }
@@ -96,7 +140,7 @@ impl<S> Clone for RateLimitLayer<S> {
 impl<S> fmt::Debug for RateLimitLayer<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("limits", &self.limiter.rules().collect::<Vec<_>>())
+            .field("limits", &self.limiter.load().rules().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -115,7 +159,7 @@ impl<Svc, S: Store> Layer<Svc> for RateLimitLayer<S> {
 /// The rate-limiting service made by [`RateLimitLayer`].
 pub struct RateLimit<Svc, S = MemoryStore> {
     inner: Svc,
-    limiter: Arc<Limiter<S>>,
+    limiter: Current<S>,
 }
 
 impl<Svc, S> RateLimit<Svc, S> {
@@ -170,7 +214,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let limiter = &*self.limiter;
+        // One configuration for the whole request, even if a reload lands meanwhile.
+        let current = self.limiter.load();
+        let limiter: &Limiter<S> = &current;
         let head = RequestHead::of(&request);
         let plan = match limiter.plan(&head) {
             Ok(Some(plan)) => plan,
@@ -187,7 +233,7 @@ where
                 Verdict::Respond(response) => ResponseFuture::ready(response),
             };
         }
-        let limiter = Arc::clone(&self.limiter);
+        let limiter = arc_swap::Guard::into_inner(current);
         let check: PendingCheck<ReqB> = Box::pin(async move {
             let answer = limiter.check(&plan).await;
             // The request moved into this future: its head is borrowed anew, here.

@@ -13,6 +13,7 @@ mod plan;
 mod verdict;
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use tollgate_core::{KeySecret, LogThrottle, Rule, Store};
 
@@ -32,7 +33,8 @@ const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Everything the layer knows, shared by every clone of the layer and its services.
 pub(crate) struct Limiter<S> {
-    store: S,
+    /// Shared with the layer, which keeps it when a new configuration replaces this one.
+    store: Arc<S>,
     secret: KeySecret,
     /// Every distinct key part any limit or scope reads, numbered: the numbers in
     /// [`CompiledLimit`]s and their scopes index this.
@@ -57,7 +59,7 @@ impl<S: Store> Limiter<S> {
     /// Compiles the settings: a limiter ready for requests, or every mistake, `mistakes` (those
     /// the builder found as it went) first.
     pub(crate) fn new(
-        store: S,
+        store: Arc<S>,
         settings: Settings,
         mut mistakes: Vec<BuildError>,
     ) -> Result<Self, BuildError> {
@@ -95,11 +97,6 @@ impl<S: Store> Limiter<S> {
 }
 
 impl<S> Limiter<S> {
-    /// The store.
-    pub(crate) fn store(&self) -> &S {
-        &self.store
-    }
-
     /// The rules, in the order the limits were added.
     pub(crate) fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.limits.iter().map(|l| &l.rule)

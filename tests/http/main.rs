@@ -2,8 +2,10 @@
 
 mod api;
 mod attacks;
+mod config;
 mod hyper_server;
 mod layer;
+mod reload;
 mod secrets;
 mod support;
 mod vast;
