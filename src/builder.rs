@@ -11,7 +11,10 @@ use tollgate_core::{KeySecret, MemoryStore, Store};
 
 use crate::client_ip::{Cidr, ClientIpConfig, ForwardedHeader};
 use crate::error::BuildError;
+use crate::exempt::Exemptions;
+use crate::head::RequestHead;
 use crate::idempotency::Idempotency;
+use crate::key::KeyPart;
 use crate::layer::RateLimitLayer;
 use crate::limit::Limit;
 use crate::limiter::Limiter;
@@ -60,6 +63,7 @@ pub(crate) struct Settings {
     pub(crate) client_ip: ClientIpConfig,
     pub(crate) routes: Vec<String>,
     pub(crate) idempotency: Option<Idempotency>,
+    pub(crate) exempt: Exemptions,
     pub(crate) style: HeaderStyle,
     pub(crate) reset: ResetFormat,
     pub(crate) expose: bool,
@@ -74,6 +78,7 @@ impl<S> std::fmt::Debug for RateLimitBuilder<S> {
             .field("client_ip", &s.client_ip)
             .field("routes", &s.routes)
             .field("idempotency", &s.idempotency)
+            .field("exempt", &s.exempt)
             .field("style", &s.style)
             .field("reset", &s.reset)
             .field("expose", &s.expose)
@@ -93,6 +98,7 @@ impl RateLimitBuilder<MemoryStore> {
                 client_ip: ClientIpConfig::default(),
                 routes: Vec::new(),
                 idempotency: None,
+                exempt: Exemptions::default(),
                 style: HeaderStyle::default(),
                 reset: ResetFormat::default(),
                 expose: false,
@@ -248,6 +254,82 @@ impl<S: Store> RateLimitBuilder<S> {
                 max,
             });
         }
+    }
+}
+
+/// # Exemptions
+///
+/// An exempt request passes every limit uncounted and uncharged, and its response carries no
+/// rate-limit headers (it has no limit to report), like a request no limit applies to.
+impl<S: Store> RateLimitBuilder<S> {
+    /// Exempts clients whose address (as [`client_ip`](crate::client_ip) finds it: the peer,
+    /// or behind trusted proxies the forwarded client) is in one of these ranges.
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .limit(Limit::per_minute("per_ip", 100).key(KeyPart::client_ip()))
+    ///     .exempt_ips(["10.0.0.0/8", "::1"]) // the office, and health checks from the host
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn exempt_ips<I>(mut self, ranges: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        for range in ranges {
+            match range.as_ref().parse::<Cidr>() {
+                Ok(cidr) => self.settings.exempt.ranges.push(cidr),
+                Err(e) => self.mistakes.push(e.into()),
+            }
+        }
+        self
+    }
+
+    /// Exempts requests whose `part` has one of `values` (and no other value): an internal
+    /// service's API key, a monitoring token. The values are digested with the key secret
+    /// when the layer is built and are not kept.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tollgate::{KeyPart, Limit, RateLimitLayer};
+    ///
+    /// let api_key = KeyPart::header(HeaderName::from_static("x-api-key"));
+    /// let layer = RateLimitLayer::builder()
+    ///     .limit(Limit::per_minute("per_key", 600).key(api_key.clone()))
+    ///     .exempt_identities(api_key, ["internal-batch-key"])
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn exempt_identities<V: AsRef<[u8]>>(
+        mut self,
+        part: KeyPart,
+        values: impl IntoIterator<Item = V>,
+    ) -> Self {
+        let values = values.into_iter().map(|v| v.as_ref().into()).collect();
+        self.settings.exempt.identities.push((part, values));
+        self
+    }
+
+    /// Exempts the requests for which `predicate` is true.
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit, RateLimitLayer, RequestHead};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .limit(Limit::per_minute("per_ip", 100).key(KeyPart::client_ip()))
+    ///     .exempt_if(|head: &RequestHead<'_>| head.uri().path() == "/metrics")
+    ///     .build()?;
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn exempt_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&RequestHead<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.settings.exempt.predicates.push(Arc::new(predicate));
+        self
     }
 }
 

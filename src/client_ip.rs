@@ -192,9 +192,17 @@ impl ClientIpConfig {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Result<GroupBytes, MissingPeerAddr> {
+        Ok(self.group(self.client_addr(headers, extensions)?))
+    }
+
+    /// The client's address: [`client_ip`](Self::client_ip) of the request's peer.
+    pub(crate) fn client_addr(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Result<IpAddr, MissingPeerAddr> {
         let peer = peer_addr(extensions).ok_or(MissingPeerAddr)?;
-        let client = self.client_ip(peer, headers);
-        Ok(self.group(client))
+        Ok(self.client_ip(peer, headers))
     }
 
     /// The client address: the peer, or, behind trusted proxies, the rightmost untrusted

@@ -274,6 +274,10 @@ impl Config {
         if let Some(idempotency) = &file.idempotency {
             builder = builder.idempotency(idempotency.0.clone());
         }
+        builder = builder.exempt_ips(file.exempt.ips.iter().map(|c| c.0.to_string()));
+        for identity in &file.exempt.identities {
+            builder = builder.exempt_identities(identity.part.0 .0.clone(), &identity.values);
+        }
         if let Some(variable) = &file.key_secret_env {
             builder = builder.key_secret(self.secret(variable)?);
         }
@@ -360,6 +364,8 @@ struct File {
     #[serde(default)]
     headers: Headers,
     idempotency: Option<IdempotencySection>,
+    #[serde(default)]
+    exempt: ExemptSection,
     #[serde(default)]
     store: StoreSection,
 }
@@ -529,6 +535,32 @@ impl<'de> Deserialize<'de> for IdempotencySection {
             Err(mistake) => Err(de::Error::custom(mistake)),
             Ok(()) => Ok(IdempotencySection(idempotency)),
         }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExemptSection {
+    #[serde(default)]
+    ips: Vec<Parsed<Cidr>>,
+    #[serde(default)]
+    identities: Vec<ExemptIdentity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExemptIdentity {
+    part: Parsed<KeyPartText>,
+    values: Vec<String>,
+}
+
+/// Never shows the values: they may be credentials.
+impl fmt::Debug for ExemptIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExemptIdentity")
+            .field("part", &self.part)
+            .field("values", &self.values.len())
+            .finish()
     }
 }
 
@@ -767,6 +799,10 @@ max_replays = 3
 methods = ["POST"]
 body_max_len = 4096
 
+[exempt]
+ips = ["192.0.2.0/24"]
+identities = [{ part = "header:x-api-key", values = ["internal-secret-key"] }]
+
 [store.memory]
 max_keys = 1000
 shards = 4
@@ -780,7 +816,11 @@ shards = 4
         assert_eq!(rule.algorithm(), Algorithm::Gcra);
         assert_eq!(limit.key.len(), 6);
         assert_eq!(config.file.client_ip.trusted_proxies.len(), 2);
-        config.layer().unwrap();
+        assert_eq!(config.file.exempt.identities[0].values.len(), 1);
+        let layer = config.layer().unwrap();
+        for shown in [format!("{config:?}"), format!("{layer:?}")] {
+            assert!(!shown.contains("internal-secret-key"), "{shown}");
+        }
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod client_ip;
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
 mod error;
+mod exempt;
 mod head;
 mod idempotency;
 mod key;

@@ -33,12 +33,17 @@ impl Counters {
 #[derive(Debug, Default)]
 pub(crate) struct LayerCounters {
     pub(crate) replayed: AtomicU64,
+    pub(crate) exempt: AtomicU64,
     pub(crate) misconfigured: AtomicU64,
 }
 
 impl LayerCounters {
     pub(crate) fn replayed(&self) -> u64 {
         self.replayed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn exempt(&self) -> u64 {
+        self.exempt.load(Ordering::Relaxed)
     }
 
     pub(crate) fn misconfigured(&self) -> u64 {
@@ -70,6 +75,9 @@ pub struct Metrics {
     pub limits: Vec<LimitMetrics>,
     /// Requests admitted free as idempotent replays.
     pub replayed: u64,
+    /// Requests that passed uncounted, being exempt (see
+    /// [`RateLimitBuilder::exempt_ips`](crate::RateLimitBuilder::exempt_ips)).
+    pub exempt: u64,
     /// Requests answered 500 because the server gives no peer address.
     pub misconfigured: u64,
 }

@@ -3,10 +3,12 @@
 use std::borrow::Cow;
 
 use smallvec::SmallVec;
-use tollgate_core::{LogThrottle, Rule};
+use tollgate_core::{KeySecret, LogThrottle, Rule};
 
 use super::LOG_INTERVAL;
+use crate::client_ip::Cidr;
 use crate::error::BuildError;
+use crate::exempt::{value_digest, Exemptions, Predicate};
 use crate::key::{KeyPart, Source};
 use crate::limit::Limit;
 use crate::metrics::Counters;
@@ -34,16 +36,31 @@ pub(crate) struct CompiledLimit {
     pub(crate) shadow_log: LogThrottle,
 }
 
-/// The limits, and the sources their numbers refer to.
+/// Exemptions as the limiter applies them: identity values digested, sorted for search.
+pub(crate) struct CompiledExemptions {
+    pub(crate) ranges: Box<[Cidr]>,
+    /// (source number, sorted digests of the exempt values) per exempt key part.
+    pub(crate) identities: Box<[(usize, Box<[u128]>)]>,
+    pub(crate) predicates: Box<[Predicate]>,
+}
+
+/// The limits and exemptions, and the sources their numbers refer to.
 pub(crate) struct Compiled {
     pub(crate) sources: Box<[CompiledSource]>,
     pub(crate) limits: Box<[CompiledLimit]>,
+    /// `None` when nothing is exempt, so a request pays nothing for the feature.
+    pub(crate) exempt: Option<CompiledExemptions>,
 }
 
-/// Compiles `limits`, adding every mistake to `mistakes` but those a limit carries itself
-/// (which the builder recorded when the limit was added). With a mistake, what is returned is
-/// incomplete and must not serve.
-pub(crate) fn limits(limits: &[Limit], mistakes: &mut Vec<BuildError>) -> Compiled {
+/// Compiles `limits` and `exempt`, adding every mistake to `mistakes` but those a limit carries
+/// itself (which the builder recorded when the limit was added). With a mistake, what is
+/// returned is incomplete and must not serve.
+pub(crate) fn limits(
+    limits: &[Limit],
+    exempt: &Exemptions,
+    secret: &KeySecret,
+    mistakes: &mut Vec<BuildError>,
+) -> Compiled {
     let mut sources = SourceTable::default();
     let mut compiled = Vec::with_capacity(limits.len());
     for (i, limit) in limits.iter().enumerate() {
@@ -67,9 +84,30 @@ pub(crate) fn limits(limits: &[Limit], mistakes: &mut Vec<BuildError>) -> Compil
             shadow_log: LogThrottle::new(LOG_INTERVAL),
         });
     }
+    let exempt = (!exempt.is_empty()).then(|| CompiledExemptions {
+        ranges: exempt.ranges.iter().copied().collect(),
+        identities: exempt
+            .identities
+            .iter()
+            .map(|(part, values)| {
+                let i = sources.number(part, mistakes);
+                let tag = &sources.0[i].tag;
+                let mut digests: Vec<u128> = values
+                    .iter()
+                    .filter_map(|v| value_digest(secret, tag, v))
+                    .map(|key| key.as_u128())
+                    .collect();
+                digests.sort_unstable();
+                digests.dedup();
+                (i, digests.into_boxed_slice())
+            })
+            .collect(),
+        predicates: exempt.predicates.iter().cloned().collect(),
+    });
     Compiled {
         sources: sources.0.into_boxed_slice(),
         limits: compiled.into_boxed_slice(),
+        exempt,
     }
 }
 

@@ -25,7 +25,7 @@ use crate::metrics::{LayerCounters, Metrics};
 use crate::response::{default_responder, HeaderWriter, Responder};
 use crate::route::RoutePattern;
 
-use compile::{CompiledLimit, CompiledSource};
+use compile::{CompiledExemptions, CompiledLimit, CompiledSource};
 pub(crate) use verdict::Verdict;
 
 /// At most one line per this interval for each event that can happen on every request.
@@ -40,6 +40,7 @@ pub(crate) struct Limiter<S> {
     /// [`CompiledLimit`]s and their scopes index this.
     sources: Box<[CompiledSource]>,
     limits: Box<[CompiledLimit]>,
+    exempt: Option<CompiledExemptions>,
     /// Whether any scope names paths: if none does, a request's path is never looked at.
     path_scopes: bool,
     client_ip: ClientIpConfig,
@@ -63,7 +64,12 @@ impl<S: Store> Limiter<S> {
         settings: Settings,
         mut mistakes: Vec<BuildError>,
     ) -> Result<Self, BuildError> {
-        let compiled = compile::limits(&settings.limits, &mut mistakes);
+        let compiled = compile::limits(
+            &settings.limits,
+            &settings.exempt,
+            &settings.secret,
+            &mut mistakes,
+        );
         let routes = settings
             .routes
             .iter()
@@ -83,6 +89,7 @@ impl<S: Store> Limiter<S> {
             path_scopes: compiled.limits.iter().any(|l| l.scope.has_paths()),
             sources: compiled.sources,
             limits: compiled.limits,
+            exempt: compiled.exempt,
             client_ip: settings.client_ip,
             routes,
             idempotency: settings.idempotency,
@@ -111,6 +118,7 @@ impl<S> Limiter<S> {
                 .map(|l| l.counters.snapshot(l.rule.name()))
                 .collect(),
             replayed: self.counters.replayed(),
+            exempt: self.counters.exempt(),
             misconfigured: self.counters.misconfigured(),
         }
     }

@@ -77,6 +77,10 @@ impl<S: Store> Limiter<S> {
         } else {
             ""
         };
+        if self.is_exempt(req, &mut parts)? {
+            bump(&self.counters.exempt);
+            return Ok(None);
+        }
         let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
         'limits: for (index, limit) in self.limits.iter().enumerate() {
             let applies = {
@@ -114,6 +118,38 @@ impl<S: Store> Limiter<S> {
                 idempotency.replay(&self.secret, req, route, checks.iter().map(|&(_, key)| key))
             });
         Ok(Some(Plan { checks, replay }))
+    }
+
+    /// Whether the request passes uncounted: a predicate says so, the client address is in an
+    /// exempt range, or an exempt key part has an exempt value.
+    fn is_exempt(
+        &self,
+        req: &RequestHead<'_>,
+        parts: &mut [Part],
+    ) -> Result<bool, MissingPeerAddr> {
+        let Some(exempt) = &self.exempt else {
+            return Ok(false);
+        };
+        if exempt.predicates.iter().any(|p| p(req)) {
+            return Ok(true);
+        }
+        if !exempt.ranges.is_empty() {
+            let client = self
+                .client_ip
+                .client_addr(req.headers(), req.extensions())
+                .inspect_err(|_| self.report_missing_peer())?;
+            if exempt.ranges.iter().any(|range| range.contains(client)) {
+                return Ok(true);
+            }
+        }
+        for (i, digests) in exempt.identities.iter() {
+            if let Some(key) = self.part(*i, req, parts)? {
+                if digests.binary_search(&key.as_u128()).is_ok() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The store's checks for a plan.

@@ -3,6 +3,7 @@
 mod api;
 mod attacks;
 mod config;
+mod exempt;
 mod hyper_server;
 mod layer;
 mod reload;
