@@ -418,6 +418,12 @@ struct LimitFields {
     scope: ScopeSection,
     #[serde(default)]
     key: Vec<Parsed<KeyPartText>>,
+    /// Tier name → quota.
+    #[serde(default)]
+    tiers: std::collections::BTreeMap<String, Parsed<Quota>>,
+    /// The key part's value → quota: one client's own quota.
+    #[serde(default)]
+    quota_for: std::collections::BTreeMap<String, Parsed<Quota>>,
 }
 
 fn one() -> u64 {
@@ -442,6 +448,12 @@ impl<'de> Deserialize<'de> for LimitSection {
         }
         for part in f.key {
             limit = limit.key(part.0 .0);
+        }
+        for (tier, quota) in f.tiers {
+            limit = limit.tier(tier, quota.0);
+        }
+        for (value, quota) in f.quota_for {
+            limit = limit.quota_for(value, quota.0);
         }
         match limit.mistake() {
             Some(mistake) => Err(de::Error::custom(mistake)),
@@ -780,6 +792,13 @@ shadow = true
 honour_replays = true
 key = ["client_ip", "bearer_token", "route", "method", "token_id?", "session_user?"]
 scope = { paths = ["/vms/{id}"], methods = ["GET", "POST"], without = ["header:x-admin"] }
+tiers = { pro = "10/10s" }
+
+[[limits]]
+name = "per_key"
+quota = "600/minute"
+key = ["header:x-api-key"]
+quota_for = { "enterprise-demo" = "6000/minute" }
 
 [client_ip]
 trusted_proxies = ["10.0.0.0/8", "::1"]
@@ -815,11 +834,17 @@ shards = 4
         assert!(rule.is_shadow() && rule.honours_replays());
         assert_eq!(rule.algorithm(), Algorithm::Gcra);
         assert_eq!(limit.key.len(), 6);
+        assert_eq!(
+            limit.tiers[0].1,
+            Quota::new(10, Duration::from_secs(10)).unwrap()
+        );
+        assert_eq!(config.file.limits[1].0.identities.len(), 1);
         assert_eq!(config.file.client_ip.trusted_proxies.len(), 2);
         assert_eq!(config.file.exempt.identities[0].values.len(), 1);
         let layer = config.layer().unwrap();
         for shown in [format!("{config:?}"), format!("{layer:?}")] {
             assert!(!shown.contains("internal-secret-key"), "{shown}");
+            assert!(!shown.contains("enterprise-demo"), "{shown}");
         }
     }
 
@@ -948,6 +973,16 @@ shards = 4
                 "[[limits]]\nname = \"a\"\n",
                 "limits[0]",
                 "missing field `quota`",
+            ),
+            (
+                "[[limits]]\nname = \"a\"\nquota = \"1/s\"\ntiers = { pro = \"lots\" }\n",
+                "limits[0].tiers.pro",
+                "\"100/minute\"",
+            ),
+            (
+                "[[limits]]\nname = \"a\"\nquota = \"1/s\"\nkey = [\"client_ip\", \"route\"]\nquota_for = { k = \"2/s\" }\n",
+                "limits[0]",
+                "exactly one part",
             ),
         ] {
             let (line, field, message) = toml_error(text);

@@ -62,6 +62,15 @@ pub enum BuildError {
         /// The longest prefix of the family.
         max: u8,
     },
+    /// A limit's per-identity quotas ([`Limit::quota_for`](crate::Limit::quota_for)) cannot
+    /// apply.
+    #[error("limit {limit:?}: {reason}")]
+    QuotaFor {
+        /// The limit's name.
+        limit: String,
+        /// What is wrong, and what to do instead.
+        reason: String,
+    },
     /// The idempotency settings were out of bounds.
     #[error("idempotency: {0}")]
     Idempotency(String),

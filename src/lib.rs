@@ -83,7 +83,7 @@ pub use head::RequestHead;
 pub use idempotency::Idempotency;
 pub use key::{Identifier, KeyPart, SessionUser, TokenId};
 pub use layer::{RateLimit, RateLimitLayer, ResponseFuture};
-pub use limit::Limit;
+pub use limit::{Limit, Tier};
 pub use metrics::{LimitMetrics, Metrics};
 pub use replay_body::{ReplayBody, ReplayBodyFuture, ReplayBodyLayer, ReplayBodyService};
 pub use response::{Denial, HeaderStyle, ResetFormat};

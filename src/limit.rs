@@ -2,6 +2,7 @@
 //! it applies to ([`Scope`]) and who it counts separately ([`KeyPart`]s).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_core::{Algorithm, Quota, QuotaError, Rule};
@@ -44,6 +45,34 @@ pub struct Limit {
     rule: Result<Rule, BuildError>,
     pub(crate) scope: Scope,
     pub(crate) key: Vec<KeyPart>,
+    /// Quotas for the requests of a [`Tier`].
+    pub(crate) tiers: Vec<(Arc<str>, Quota)>,
+    /// Quotas for one client each, by the value of the limit's key part.
+    pub(crate) identities: Vec<(Box<[u8]>, Quota)>,
+}
+
+/// The plan a client is on, for a request extension the application's auth inserts once it
+/// knows the client: limits with a quota for the tier ([`Limit::tier`]) apply it to the request.
+///
+/// ```
+/// use tollgate::Tier;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(Tier::new("enterprise"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tier(Arc<str>);
+
+impl Tier {
+    /// The tier named `name`.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The tier's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
 }
 
 /// What a limit's rule is made of.
@@ -166,6 +195,8 @@ impl Limit {
             rule: Ok(rule),
             scope: Scope::all(),
             key: Vec::new(),
+            tiers: Vec::new(),
+            identities: Vec::new(),
         }
     }
 
@@ -184,6 +215,8 @@ impl Limit {
             settings,
             scope: Scope::all(),
             key: Vec::new(),
+            tiers: Vec::new(),
+            identities: Vec::new(),
         }
     }
 }
@@ -224,9 +257,40 @@ impl Limit {
         self.rebuilt()
     }
 
+    /// Remakes the rule, or finds the first mistake, after any setting changed.
     fn rebuilt(mut self) -> Self {
-        self.rule = self.settings.rule(&self.name);
+        self.rule = self
+            .settings
+            .rule(&self.name)
+            .and_then(|rule| self.per_client_mistake().map_or(Ok(rule), Err));
         self
+    }
+
+    /// A tier or client quota that cannot apply: one the rule cannot take (a cost above what
+    /// it admits), client quotas on a limit not keyed by exactly one part, an empty value.
+    fn per_client_mistake(&self) -> Option<BuildError> {
+        let quotas = self.tiers.iter().map(|(_, q)| q);
+        let quotas = quotas.chain(self.identities.iter().map(|(_, q)| q));
+        if let Some(mistake) = quotas.filter_map(|q| self.rule_with(*q).err()).next() {
+            return Some(mistake);
+        }
+        let reason = if self.identities.is_empty() {
+            return None;
+        } else if self.key.len() != 1 {
+            format!(
+                "quota_for needs a limit keyed by exactly one part (this one has {}), whose \
+                 value names the client",
+                self.key.len()
+            )
+        } else if self.identities.iter().any(|(value, _)| value.is_empty()) {
+            "a client quota is for an empty value, which no request carries".to_owned()
+        } else {
+            return None;
+        };
+        Some(BuildError::QuotaFor {
+            limit: self.name.clone(),
+            reason,
+        })
     }
 }
 
@@ -241,7 +305,62 @@ impl Limit {
     /// Adds a part to the key. Parts are hashed in the order they are added.
     pub fn key(mut self, part: KeyPart) -> Self {
         self.key.push(part);
-        self
+        self.rebuilt()
+    }
+}
+
+/// # Quotas per customer
+///
+/// A limit can give some clients another quota: those of a [`Tier`] (set by the application's
+/// auth), or one client named by the value of the limit's key part. Either way the client keeps
+/// its one bucket in the limit, now measured by its own quota, and the rate-limit headers and
+/// 429 bodies report the quota that applied. A client-specific quota wins over a tier's. The
+/// limit's algorithm, cost, shadow mode and replays stay as they are; a tier's quota brings
+/// its own burst ([`Quota::with_burst`]).
+impl Limit {
+    /// Requests carrying the extension [`Tier`] named `tier` are limited by `quota`.
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit, Quota, TokenId};
+    ///
+    /// let per_token = Limit::per_minute("per_token", 600)
+    ///     .key(KeyPart::extension::<TokenId>())
+    ///     .tier("enterprise", Quota::per_minute(6000)?);
+    /// # Ok::<(), tollgate::QuotaError>(())
+    /// ```
+    pub fn tier(mut self, tier: impl Into<Arc<str>>, quota: Quota) -> Self {
+        self.tiers.push((tier.into(), quota));
+        self.rebuilt()
+    }
+
+    /// The client whose key part has `value` (the header, query or token text; for an
+    /// extension, the bytes its [`Identifier`](crate::Identifier) writes, a string's UTF-8)
+    /// is limited by `quota`. The limit must have exactly one key part. The value is digested
+    /// with the key secret when the layer is built, and not kept.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tollgate::{KeyPart, Limit, Quota};
+    ///
+    /// let per_key = Limit::per_minute("per_key", 600)
+    ///     .key(KeyPart::header(HeaderName::from_static("x-api-key")))
+    ///     .quota_for("enterprise-demo", Quota::per_minute(6000)?);
+    /// # Ok::<(), tollgate::QuotaError>(())
+    /// ```
+    pub fn quota_for(mut self, value: impl AsRef<[u8]>, quota: Quota) -> Self {
+        self.identities.push((value.as_ref().into(), quota));
+        self.rebuilt()
+    }
+
+    /// The limit's rule with `quota` instead of its own: what a tier or a client's quota
+    /// applies, under the same name (so the same state).
+    pub(crate) fn rule_with(&self, quota: Quota) -> Result<Rule, BuildError> {
+        let settings = Settings {
+            quota: Ok(quota),
+            burst: None,
+            ..self.settings.clone()
+        };
+        settings.rule(&self.name)
     }
 }
 
@@ -271,8 +390,11 @@ impl fmt::Debug for Limit {
             Ok(rule) => s.field("rule", rule),
             Err(mistake) => s.field("name", &self.name).field("mistake", mistake),
         };
+        // Client-specific quotas are counted, never shown: their values identify clients.
         s.field("scope", &self.scope)
             .field("key", &self.key)
+            .field("tiers", &self.tiers)
+            .field("quotas_for_clients", &self.identities.len())
             .finish()
     }
 }

@@ -1,6 +1,7 @@
 //! A builder's limits, compiled once: patterns parsed, key parts numbered, every mistake found.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 use tollgate_core::{KeySecret, LogThrottle, Rule};
@@ -31,9 +32,35 @@ pub(crate) struct CompiledLimit {
     pub(crate) parts: SmallVec<[(usize, bool); 6]>,
     /// The IETF `RateLimit-Policy` item.
     pub(crate) policy: Box<str>,
+    /// The rule under the other quotas some clients get: variant `v` is `variants[v - 1]`
+    /// (variant 0 is `rule` itself).
+    pub(crate) variants: Box<[Variant]>,
+    /// Tier name and variant, in the order given (the first of a name wins).
+    pub(crate) tiers: Box<[(Arc<str>, u16)]>,
+    /// Digest of the one key part's value and variant, sorted by digest.
+    pub(crate) identities: Box<[(u128, u16)]>,
     pub(crate) counters: Counters,
     /// Shadow denials of this limit: at most one line per second.
     pub(crate) shadow_log: LogThrottle,
+}
+
+/// A limit's rule under another quota, and its policy item.
+pub(crate) struct Variant {
+    pub(crate) rule: Rule,
+    pub(crate) policy: Box<str>,
+}
+
+impl CompiledLimit {
+    /// The rule and policy item of variant `v`.
+    pub(crate) fn variant(&self, v: u16) -> (&Rule, &str) {
+        match v.checked_sub(1) {
+            None => (&self.rule, &self.policy),
+            Some(i) => {
+                let variant = &self.variants[usize::from(i)];
+                (&variant.rule, &variant.policy)
+            }
+        }
+    }
 }
 
 /// Exemptions as the limiter applies them: identity values digested, sorted for search.
@@ -69,17 +96,21 @@ pub(crate) fn limits(
             mistakes.push(BuildError::DuplicateRule(name.to_owned()));
         }
         let scope = compile_scope(&limit.scope, name, &mut sources, mistakes);
-        let parts = limit
+        let parts: SmallVec<[(usize, bool); 6]> = limit
             .key
             .iter()
             .map(|part| (sources.number(part, mistakes), part.required))
             .collect();
         let Some(rule) = limit.rule() else { continue };
+        let per_client = per_client_quotas(limit, &parts, &sources, secret);
         compiled.push(CompiledLimit {
             policy: policy_item(rule).into_boxed_str(),
             rule: rule.clone(),
             scope,
             parts,
+            variants: per_client.variants.into_boxed_slice(),
+            tiers: per_client.tiers.into_boxed_slice(),
+            identities: per_client.identities.into_boxed_slice(),
             counters: Counters::default(),
             shadow_log: LogThrottle::new(LOG_INTERVAL),
         });
@@ -108,6 +139,56 @@ pub(crate) fn limits(
         sources: sources.0.into_boxed_slice(),
         limits: compiled.into_boxed_slice(),
         exempt,
+    }
+}
+
+#[derive(Default)]
+struct PerClient {
+    variants: Vec<Variant>,
+    tiers: Vec<(Arc<str>, u16)>,
+    identities: Vec<(u128, u16)>,
+}
+
+/// A limit's tier and client quotas as variants of its rule, client values digested. The
+/// limit has no mistake (it would not be compiled), so every quota makes a rule and client
+/// quotas come with exactly one key part.
+fn per_client_quotas(
+    limit: &Limit,
+    parts: &[(usize, bool)],
+    sources: &SourceTable,
+    secret: &KeySecret,
+) -> PerClient {
+    let mut variants = Vec::new();
+    let mut variant = |quota| {
+        let rule = limit.rule_with(quota).ok()?;
+        let policy = policy_item(&rule).into_boxed_str();
+        variants.push(Variant { rule, policy });
+        // Bounded by the number of quotas a builder was given; u16 is plenty.
+        u16::try_from(variants.len()).ok()
+    };
+    let tiers = limit
+        .tiers
+        .iter()
+        .filter_map(|(tier, quota)| Some((Arc::clone(tier), variant(*quota)?)))
+        .collect();
+    let mut identities: Vec<(u128, u16)> = match parts {
+        [(part, _)] => limit
+            .identities
+            .iter()
+            .filter_map(|(value, quota)| {
+                let digest = value_digest(secret, &sources.0[*part].tag, value)?;
+                Some((digest.as_u128(), variant(*quota)?))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    // The first quota given for a client wins, as the first tier of a name does.
+    identities.sort_by_key(|&(digest, _)| digest);
+    identities.dedup_by_key(|&mut (digest, _)| digest);
+    PerClient {
+        variants,
+        tiers,
+        identities,
     }
 }
 

@@ -3,13 +3,14 @@
 use std::sync::atomic::Ordering;
 
 use smallvec::{smallvec, SmallVec};
-use tollgate_core::{Check, Key, Outcome, Replay, Store};
+use tollgate_core::{Check, Key, Outcome, Replay, Rule, Store};
 
 use super::compile::CompiledLimit;
 use super::Limiter;
 use crate::client_ip::MissingPeerAddr;
 use crate::head::RequestHead;
 use crate::key::{bearer_tokens, header_values, push_values, query_values, Source};
+use crate::limit::Tier;
 use crate::metrics::bump;
 use crate::response::MISSING_PEER_ADDR;
 use crate::route::RoutePattern;
@@ -20,11 +21,15 @@ pub(crate) struct Plan {
     replay: Option<Replay>,
 }
 
-/// A limit of the limiter that made the plan. Only [`Limiter::plan`] makes one, from the
-/// limiter's own list, and a plan is only ever used with the limiter that made it (the layer
-/// keeps them together), so [`Limiter::limit`] always finds it.
+/// A limit of the limiter that made the plan, and the variant of its rule (the quota) that
+/// applies to the request. Only [`Limiter::plan`] makes one, from the limiter's own list, and a
+/// plan is only ever used with the limiter that made it (the layer keeps them together), so
+/// [`Limiter::limit`] always finds it.
 #[derive(Clone, Copy)]
-pub(super) struct LimitId(usize);
+pub(super) struct LimitId {
+    index: usize,
+    variant: u16,
+}
 
 impl Plan {
     /// How many limits apply.
@@ -44,6 +49,27 @@ impl Plan {
     }
 }
 
+/// Which of `limit`'s quotas applies to the request (its parts already read into `parts`): the
+/// client's own, else its tier's, else the limit's (0).
+fn variant_for(limit: &CompiledLimit, req: &RequestHead<'_>, parts: &[Part]) -> u16 {
+    if let ([(part, _)], false) = (&limit.parts[..], limit.identities.is_empty()) {
+        if let Part::Present(key) = parts[*part] {
+            let digest = key.as_u128();
+            if let Ok(i) = limit.identities.binary_search_by_key(&digest, |&(d, _)| d) {
+                return limit.identities[i].1;
+            }
+        }
+    }
+    if !limit.tiers.is_empty() {
+        if let Some(tier) = req.extensions().get::<Tier>() {
+            if let Some(&(_, v)) = limit.tiers.iter().find(|(name, _)| **name == *tier.name()) {
+                return v;
+            }
+        }
+    }
+    0
+}
+
 /// A key part of the request being planned, read at most once.
 #[derive(Clone, Copy)]
 enum Part {
@@ -55,7 +81,13 @@ enum Part {
 impl<S> Limiter<S> {
     /// The limit a plan refers to.
     pub(super) fn limit(&self, id: LimitId) -> &CompiledLimit {
-        &self.limits[id.0]
+        &self.limits[id.index]
+    }
+
+    /// The rule, and its policy item, that the plan applies for `id`: the limit's own, or the
+    /// quota of the client's tier or of the client itself.
+    pub(super) fn rule(&self, id: LimitId) -> (&Rule, &str) {
+        self.limit(id).variant(id.variant)
     }
 
     /// The limits a plan applies, in order.
@@ -98,7 +130,8 @@ impl<S: Store> Limiter<S> {
                     None => key.push(&[]),
                 }
             }
-            checks.push((LimitId(index), key.finish()));
+            let variant = variant_for(limit, req, &parts);
+            checks.push((LimitId { index, variant }, key.finish()));
         }
         if checks.is_empty() {
             return Ok(None);
@@ -156,7 +189,7 @@ impl<S: Store> Limiter<S> {
     fn store_checks(&self, plan: &Plan) -> SmallVec<[Check<'_>; 4]> {
         plan.checks()
             .map(|(id, key)| Check {
-                rule: &self.limit(id).rule,
+                rule: self.rule(id).0,
                 key,
             })
             .collect()

@@ -103,13 +103,14 @@ impl<S: Store> Limiter<S> {
 
     /// The rate-limit headers: the binding decision's figures, every enforced limit's policy.
     fn headers_for(&self, plan: &Plan, outcome: &Outcome) -> RateLimitHeaders {
-        let reported = self
-            .applied(plan)
+        let reported = plan
+            .checks()
+            .map(|(id, _)| self.rule(id))
             .zip(&outcome.decisions)
-            .filter(|(limit, _)| !limit.rule.is_shadow())
-            .map(|(limit, decision)| Reported {
-                name: limit.rule.name(),
-                policy: &limit.policy,
+            .filter(|((rule, _), _)| !rule.is_shadow())
+            .map(|((rule, policy), decision)| Reported {
+                name: rule.name(),
+                policy,
                 decision,
             });
         self.headers.headers(outcome.binding_decision(), reported)
@@ -134,10 +135,10 @@ impl<S: Store> Limiter<S> {
             }
             return unavailable();
         };
-        let limit = self.limit(plan.limit_of(binding));
-        let denial = Denial::new(&limit.rule, decision, *req);
+        let (rule, _) = self.rule(plan.limit_of(binding));
+        let denial = Denial::new(rule, decision, *req);
         tracing::debug!(
-            rule = limit.rule.name(),
+            rule = rule.name(),
             retry_after = denial.retry_after_secs(),
             "request denied"
         );

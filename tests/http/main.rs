@@ -6,6 +6,7 @@ mod config;
 mod exempt;
 mod hyper_server;
 mod layer;
+mod per_client;
 mod reload;
 mod secrets;
 mod support;
