@@ -122,6 +122,17 @@ pub enum ConfigError {
         /// What is wrong with the variable (its value is never quoted).
         message: String,
     },
+    /// The store the file describes cannot be set up (feature `redis`): a missing URL, a Redis
+    /// that cannot be reached (its address shown without credentials).
+    #[error("{origin}: {field}: {message}")]
+    Store {
+        /// The file (or the name given for the text).
+        origin: String,
+        /// The section: `store.redis` or `store.cluster`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The configuration reads, but the layer it describes cannot be built.
     #[error("{origin}: {source}")]
     Build {
@@ -187,8 +198,18 @@ impl Config {
         ))
     }
 
-    /// The layer the file describes, on the memory store its `[store.memory]` section sets up.
+    /// The layer the file describes, on the memory store its `[store.memory]` section sets up
+    /// (for a file naming Redis, see [`redis_store`](Self::redis_store)).
     pub fn layer(&self) -> Result<RateLimitLayer<MemoryStore>, ConfigError> {
+        if self.uses_redis() {
+            return Err(ConfigError::Store {
+                origin: self.origin.clone(),
+                field: "store".to_owned(),
+                message: "the file names a Redis store: connect it with Config::redis_store \
+                          (feature redis) and build the layer on it with Config::build"
+                    .to_owned(),
+            });
+        }
         let store = self
             .file
             .store
@@ -205,6 +226,120 @@ impl Config {
                 builder.build()
             });
         self.build(RateLimitLayer::builder().store(store))
+    }
+
+    /// Whether the file's `[store]` section names Redis (`[store.redis]` or `[store.cluster]`).
+    pub fn uses_redis(&self) -> bool {
+        self.file.store.redis.is_some() || self.file.store.cluster.is_some()
+    }
+
+    /// Connects the Redis store the file's `[store.redis]` or `[store.cluster]` section
+    /// describes (feature `redis`); `None` when the file names no Redis. Build the layer on it
+    /// with [`build`](Self::build).
+    ///
+    /// ```toml
+    /// [store.redis]
+    /// url_env = "REDIS_URL"        # or url = "redis://127.0.0.1:6379"
+    /// prefix = "tollgate"
+    /// budget = "50ms"
+    /// failure_policy = "fallback"  # fail_open (default), fail_closed or fallback
+    /// fallback_instances = 4
+    /// breaker = { failures = 5, cool_down = "250ms" }
+    /// deny_cache = 10000           # entries; 0 turns it off
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub async fn redis_store(&self) -> Result<Option<tollgate_redis::RedisStore>, ConfigError> {
+        use tollgate_redis::{BreakerConfig, FailurePolicy, RedisConnection, RedisStore};
+
+        let (section, cluster, field) = match (&self.file.store.redis, &self.file.store.cluster) {
+            (Some(section), None) => (section, false, "store.redis"),
+            (None, Some(section)) => (section, true, "store.cluster"),
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(self.store_error(
+                    "store",
+                    "name one of [store.redis] and [store.cluster], not both".into(),
+                ))
+            }
+        };
+        let urls = match (&section.url_env, section.url.is_empty()) {
+            (Some(variable), true) => std::env::var(variable)
+                .map(|v| {
+                    v.split(',')
+                        .map(|u| u.trim().to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|_| {
+                    self.store_error(
+                        field,
+                        format!("the environment variable {variable} (url_env) is not set"),
+                    )
+                })?,
+            (None, false) => section.url.clone(),
+            _ => return Err(self.store_error(field, "give exactly one of url and url_env".into())),
+        };
+        if !cluster && urls.len() != 1 {
+            return Err(self.store_error(
+                field,
+                format!(
+                    "one Redis has one URL (got {}); name a Cluster's nodes under [store.cluster]",
+                    urls.len()
+                ),
+            ));
+        }
+        let connected = if cluster {
+            RedisConnection::connect_cluster(urls.iter().map(String::as_str)).await
+        } else {
+            RedisConnection::connect(urls[0].as_str()).await
+        };
+        // The error names the address only redacted: a URL may hold a password.
+        let connection = connected.map_err(|e| {
+            let shown: Vec<_> = urls.iter().map(|u| tollgate_redis::redact_url(u)).collect();
+            self.store_error(
+                field,
+                format!("cannot connect to {}: {e}", shown.join(", ")),
+            )
+        })?;
+        let mut builder = RedisStore::builder(connection);
+        if let Some(prefix) = &section.prefix {
+            builder = builder.prefix(prefix.clone());
+        }
+        if let Some(budget) = &section.budget {
+            builder = builder.budget(budget.0 .0);
+        }
+        let instances = section.fallback_instances;
+        let policy = match (section.failure_policy.as_ref().map(|p| p.0), instances) {
+            (Some(Policy::Fallback), instances) => FailurePolicy::fallback(instances.unwrap_or(1)),
+            (_, Some(_)) => {
+                return Err(self.store_error(
+                    field,
+                    "fallback_instances needs failure_policy = \"fallback\"".into(),
+                ))
+            }
+            (Some(Policy::FailClosed), None) => FailurePolicy::FailClosed,
+            _ => FailurePolicy::FailOpen,
+        };
+        builder = builder.failure_policy(policy);
+        if let Some(breaker) = &section.breaker {
+            builder = builder.breaker(BreakerConfig {
+                failures: breaker.failures.max(1),
+                cool_down: breaker.cool_down.0 .0,
+            });
+        }
+        if let Some(capacity) = section.deny_cache {
+            builder = builder.deny_cache(Some(capacity));
+        }
+        Ok(Some(builder.build()))
+    }
+
+    #[cfg(feature = "redis")]
+    fn store_error(&self, field: &str, message: String) -> ConfigError {
+        ConfigError::Store {
+            origin: self.origin.clone(),
+            field: field.to_owned(),
+            message,
+        }
     }
 
     /// Applies everything but the store to `builder` and builds the layer, on the builder's
@@ -580,6 +715,52 @@ impl fmt::Debug for ExemptIdentity {
 #[serde(deny_unknown_fields)]
 struct StoreSection {
     memory: Option<MemorySection>,
+    redis: Option<RedisSection>,
+    cluster: Option<RedisSection>,
+}
+
+/// `[store.redis]` (one Redis) or `[store.cluster]` (a Redis Cluster). Read whatever the
+/// features, so a file is checked the same everywhere; used with feature `redis`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    /// The URL (one Redis) or node URLs (a Cluster); one of this and `url_env`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    url: Vec<String>,
+    /// The environment variable holding the URL, or the node URLs separated by commas: where
+    /// a URL with a password belongs.
+    url_env: Option<String>,
+    prefix: Option<String>,
+    budget: Option<Parsed<DurationText>>,
+    failure_policy: Option<FailurePolicyName>,
+    /// With `failure_policy = "fallback"`: the instances expected to share the load.
+    fallback_instances: Option<u32>,
+    breaker: Option<BreakerSection>,
+    /// The deny cache's capacity in entries; 0 turns it off.
+    deny_cache: Option<usize>,
+}
+
+/// Never shows the URLs: they may hold a password.
+impl fmt::Debug for RedisSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSection")
+            .field("urls", &self.url.len())
+            .field("url_env", &self.url_env)
+            .field("prefix", &self.prefix)
+            .field("budget", &self.budget)
+            .field("failure_policy", &self.failure_policy)
+            .field("deny_cache", &self.deny_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerSection {
+    failures: u32,
+    cool_down: Parsed<DurationText>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -676,6 +857,7 @@ macro_rules! named {
     ($(#[$doc:meta])* $name:ident($ty:ty) { $($word:literal => $value:expr),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug)]
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
         struct $name($ty);
 
         impl<'de> Deserialize<'de> for $name {
@@ -691,52 +873,66 @@ macro_rules! named {
     };
 }
 
-named!(AlgorithmName(Algorithm) {
+named!(
+    #[derive(Default)]
+    AlgorithmName(Algorithm) {
     "gcra" => Algorithm::Gcra,
     "fixed_window" => Algorithm::FixedWindow,
     "sliding_window" => Algorithm::SlidingWindow,
     "sliding_log" => Algorithm::SlidingLog,
 });
 
-named!(ForwardedHeaderName(ForwardedHeader) {
+named!(
+    #[derive(Default)]
+    ForwardedHeaderName(ForwardedHeader) {
     "x-forwarded-for" => ForwardedHeader::XForwardedFor,
     "forwarded" => ForwardedHeader::Forwarded,
 });
 
-named!(StyleName(HeaderStyle) {
+named!(
+    #[derive(Default)]
+    StyleName(HeaderStyle) {
     "x-ratelimit" => HeaderStyle::XRateLimit,
     "ietf" => HeaderStyle::Ietf,
     "both" => HeaderStyle::Both,
     "hidden" => HeaderStyle::Hidden,
 });
 
-named!(ResetName(ResetFormat) {
+/// What the Redis store does when Redis fails (`tollgate_redis::FailurePolicy`, whose
+/// fallback also needs `fallback_instances`).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    FailOpen,
+    FailClosed,
+    Fallback,
+}
+
+named!(FailurePolicyName(Policy) {
+    "fail_open" => Policy::FailOpen,
+    "fail_closed" => Policy::FailClosed,
+    "fallback" => Policy::Fallback,
+});
+
+named!(
+    #[derive(Default)]
+    ResetName(ResetFormat) {
     "delta_seconds" => ResetFormat::DeltaSeconds,
     "unix_time" => ResetFormat::UnixTime,
 });
 
-impl Default for AlgorithmName {
-    fn default() -> Self {
-        Self(Algorithm::default())
+/// A `[store.redis]` URL written in the file: a single string is accepted as well as a list.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
     }
-}
-
-impl Default for ForwardedHeaderName {
-    fn default() -> Self {
-        Self(ForwardedHeader::default())
-    }
-}
-
-impl Default for StyleName {
-    fn default() -> Self {
-        Self(HeaderStyle::default())
-    }
-}
-
-impl Default for ResetName {
-    fn default() -> Self {
-        Self(ResetFormat::default())
-    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(url) => vec![url],
+        OneOrMany::Many(urls) => urls,
+    })
 }
 
 #[cfg(test)]
@@ -856,7 +1052,7 @@ shards = 4
         )
         .unwrap();
         assert_eq!(config.file.limits.len(), 2);
-        config.layer().unwrap();
+        let _ = config.layer().unwrap();
     }
 
     #[test]
@@ -965,9 +1161,9 @@ shards = 4
             ),
             ("routes = [\"/a/{\"]\n", "routes[0]", "{"),
             (
-                "[store.redis]\nurl = \"redis://127.0.0.1\"\n",
-                "store.redis",
-                "unknown field `redis`",
+                "[store.redis]\nurl = \"redis://127.0.0.1\"\npassword = \"p\"\n",
+                "store.redis.password",
+                "unknown field `password`",
             ),
             (
                 "[[limits]]\nname = \"a\"\n",
@@ -1012,7 +1208,7 @@ shards = 4
 }"#;
         let config = Config::from_json(json, "limits.json").unwrap();
         assert_eq!(config.file.limits[0].0.name(), "login");
-        config.layer().unwrap();
+        let _ = config.layer().unwrap();
 
         let bad = "{\n  \"limits\": [\n    {\"name\": \"a\", \"quota\": \"1/s\", \"shadw\": true}\n  ]\n}";
         match Config::from_json(bad, "limits.json") {
@@ -1055,7 +1251,7 @@ shards = 4
             "00112233445566778899aabbccddeeff",
         );
         let good = Config::from_toml(&text("TOLLGATE_TEST_SECRET_GOOD"), "s.toml").unwrap();
-        good.layer().unwrap();
+        let _ = good.layer().unwrap();
         assert_eq!(
             parse_secret("00112233445566778899aabbccddeeff"),
             Some(KeySecret::from_bytes([
@@ -1073,7 +1269,7 @@ shards = 4
         std::fs::create_dir_all(&dir).unwrap();
         let toml = dir.join("limits.toml");
         std::fs::write(&toml, "[[limits]]\nname = \"a\"\nquota = \"1/s\"\n").unwrap();
-        Config::from_path(&toml).unwrap().layer().unwrap();
+        let _ = Config::from_path(&toml).unwrap().layer().unwrap();
         let yaml = dir.join("limits.yaml");
         std::fs::write(&yaml, "limits: []\n").unwrap();
         assert!(matches!(

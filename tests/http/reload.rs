@@ -153,7 +153,7 @@ async fn reloads_under_load_lose_no_state_and_never_admit_past_the_limit() {
         tokio::spawn(async move {
             let mut reloads = 0u64;
             while !done.load(Ordering::Relaxed) {
-                let style = if reloads % 2 == 0 {
+                let style = if reloads.is_multiple_of(2) {
                     HeaderStyle::Both
                 } else {
                     HeaderStyle::XRateLimit

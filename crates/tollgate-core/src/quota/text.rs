@@ -121,7 +121,7 @@ impl fmt::Display for Quota {
         let period = self.period_nanos();
         let (size, short, word) = UNITS
             .into_iter()
-            .find(|(size, _, _)| period % size == 0)
+            .find(|(size, _, _)| period.is_multiple_of(*size))
             .unwrap_or(UNITS[5]);
         match period / size {
             1 => write!(f, "{}/{word}", self.limit()),
