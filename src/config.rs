@@ -559,6 +559,25 @@ struct LimitFields {
     /// The key part's value → quota: one client's own quota.
     #[serde(default)]
     quota_for: std::collections::BTreeMap<String, Parsed<Quota>>,
+    /// Response statuses that charge the limit (after the response) instead of every request.
+    #[serde(default)]
+    charge_on: Vec<StatusNumber>,
+}
+
+/// An HTTP status, written as its number.
+struct StatusNumber(http::StatusCode);
+
+impl<'de> Deserialize<'de> for StatusNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = u16::deserialize(deserializer)?;
+        http::StatusCode::from_u16(code)
+            .map(StatusNumber)
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    "{code} is not an HTTP status; use 100 to 999, e.g. 401"
+                ))
+            })
+    }
 }
 
 fn one() -> u64 {
@@ -589,6 +608,9 @@ impl<'de> Deserialize<'de> for LimitSection {
         }
         for (value, quota) in f.quota_for {
             limit = limit.quota_for(value, quota.0);
+        }
+        if !f.charge_on.is_empty() {
+            limit = limit.charge_on(f.charge_on.into_iter().map(|s| s.0));
         }
         match limit.mistake() {
             Some(mistake) => Err(de::Error::custom(mistake)),
@@ -995,6 +1017,7 @@ name = "per_key"
 quota = "600/minute"
 key = ["header:x-api-key"]
 quota_for = { "enterprise-demo" = "6000/minute" }
+charge_on = [401, 403]
 
 [client_ip]
 trusted_proxies = ["10.0.0.0/8", "::1"]
@@ -1035,6 +1058,7 @@ shards = 4
             Quota::new(10, Duration::from_secs(10)).unwrap()
         );
         assert_eq!(config.file.limits[1].0.identities.len(), 1);
+        assert_eq!(config.file.limits[1].0.charge_on.len(), 2);
         assert_eq!(config.file.client_ip.trusted_proxies.len(), 2);
         assert_eq!(config.file.exempt.identities[0].values.len(), 1);
         let layer = config.layer().unwrap();
@@ -1169,6 +1193,11 @@ shards = 4
                 "[[limits]]\nname = \"a\"\n",
                 "limits[0]",
                 "missing field `quota`",
+            ),
+            (
+                "[[limits]]\nname = \"a\"\nquota = \"1/s\"\ncharge_on = [401, 1000]\n",
+                "limits[0].charge_on[1]",
+                "not an HTTP status",
             ),
             (
                 "[[limits]]\nname = \"a\"\nquota = \"1/s\"\ntiers = { pro = \"lots\" }\n",

@@ -29,7 +29,7 @@ use crate::body::ResponseBody;
 use crate::builder::RateLimitBuilder;
 use crate::error::BuildError;
 use crate::head::RequestHead;
-use crate::limiter::{Limiter, Verdict};
+use crate::limiter::{Held, Limiter, Plan, Verdict};
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
 
@@ -196,8 +196,25 @@ impl<Svc: fmt::Debug, S> fmt::Debug for RateLimit<Svc, S> {
     }
 }
 
-/// The store's check of one request, with the request handed back for the inner service.
-type PendingCheck<ReqB> = Pin<Box<dyn Future<Output = (Verdict, Request<ReqB>)> + Send>>;
+/// The store's check of one request, with the request handed back for the inner service and,
+/// when limits are charged by the response, what charges them.
+type PendingCheck<ReqB> =
+    Pin<Box<dyn Future<Output = (Verdict, Option<Charge>, Request<ReqB>)> + Send>>;
+
+/// Charges the limits a response's status counts for ([`Limit::charge_on`]), then gives back
+/// the request's places in flight.
+///
+/// [`Limit::charge_on`]: crate::Limit::charge_on
+type Charge = Box<dyn FnOnce(StatusCode) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+fn charge<S: Store>(limiter: Arc<Limiter<S>>, plan: Plan, held: Held) -> Charge {
+    Box::new(move |status| {
+        Box::pin(async move {
+            limiter.charge_deferred(&plan, status).await;
+            drop(held);
+        })
+    })
+}
 
 impl<Svc, S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<Svc, S>
 where
@@ -221,7 +238,8 @@ where
         let plan = match limiter.plan(&head) {
             Ok(Some(plan)) => plan,
             Ok(None) => {
-                return ResponseFuture::inner(self.inner.call(request), RateLimitHeaders::default())
+                let headers = RateLimitHeaders::default();
+                return ResponseFuture::inner(self.inner.call(request), headers, None);
             }
             Err(_missing_peer) => return ResponseFuture::ready(response::missing_peer_addr()),
         };
@@ -229,17 +247,31 @@ where
         // service called straight away: no future to allocate, no state to move through.
         if let Some(answer) = limiter.check_immediately(&plan) {
             return match limiter.verdict(&plan, answer, &head) {
-                Verdict::Admit(headers) => ResponseFuture::inner(self.inner.call(request), headers),
+                Verdict::Admit(headers) => {
+                    ResponseFuture::inner(self.inner.call(request), headers, None)
+                }
                 Verdict::Respond(response) => ResponseFuture::ready(response),
             };
         }
         let limiter = arc_swap::Guard::into_inner(current);
-        let check: PendingCheck<ReqB> = Box::pin(async move {
-            let answer = limiter.check(&plan).await;
-            // The request moved into this future: its head is borrowed anew, here.
-            let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
-            (verdict, request)
-        });
+        let check: PendingCheck<ReqB> = if plan.has_deferred() {
+            Box::pin(async move {
+                let (answer, held) = limiter.decide_deferred(&plan).await;
+                let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
+                let charge = match (&verdict, held) {
+                    (Verdict::Admit(_), Some(held)) => Some(charge(limiter, plan, held)),
+                    _ => None,
+                };
+                (verdict, charge, request)
+            })
+        } else {
+            Box::pin(async move {
+                let answer = limiter.check(&plan).await;
+                // The request moved into this future: its head is borrowed anew, here.
+                let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
+                (verdict, None, request)
+            })
+        };
         // The service made ready by `poll_ready` goes with this request; a clone takes its place.
         let ready = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, ready);
@@ -279,6 +311,12 @@ pin_project! {
             #[pin]
             future: Svc::Future,
             headers: RateLimitHeaders,
+            charge: Option<Charge>,
+        },
+        // Answered: the limits its status counts for are being charged.
+        Charging {
+            charge: Pin<Box<dyn Future<Output = ()> + Send>>,
+            response: Option<Svc::Response>,
         },
         // The layer answers by itself.
         Ready {
@@ -291,9 +329,13 @@ impl<Svc, ReqB> ResponseFuture<Svc, ReqB>
 where
     Svc: Service<Request<ReqB>>,
 {
-    fn inner(future: Svc::Future, headers: RateLimitHeaders) -> Self {
+    fn inner(future: Svc::Future, headers: RateLimitHeaders, charge: Option<Charge>) -> Self {
         Self {
-            state: State::Inner { future, headers },
+            state: State::Inner {
+                future,
+                headers,
+                charge,
+            },
         }
     }
 
@@ -314,6 +356,7 @@ where
         let state = match &self.state {
             State::Checking { .. } => "checking",
             State::Inner { .. } => "inner",
+            State::Charging { .. } => "charging",
             State::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture")
@@ -332,11 +375,12 @@ where
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::Checking { check, service } => {
-                    let (verdict, request) = ready!(check.as_mut().poll(cx));
+                    let (verdict, charge, request) = ready!(check.as_mut().poll(cx));
                     match (verdict, service.take()) {
                         (Verdict::Admit(headers), Some(mut service)) => State::Inner {
                             future: service.call(request),
                             headers,
+                            charge,
                         },
                         (Verdict::Respond(response), _) => State::Ready {
                             response: Some(response),
@@ -346,10 +390,27 @@ where
                         },
                     }
                 }
-                StateProj::Inner { future, headers } => {
+                StateProj::Inner {
+                    future,
+                    headers,
+                    charge,
+                } => {
                     let mut response = ready!(future.poll(cx))?;
                     std::mem::take(headers).apply(response.headers_mut());
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    match charge.take() {
+                        Some(charge) => State::Charging {
+                            charge: charge(response.status()),
+                            response: Some(response),
+                        },
+                        None => return Poll::Ready(Ok(response.map(ResponseBody::inner))),
+                    }
+                }
+                StateProj::Charging { charge, response } => {
+                    ready!(charge.as_mut().poll(cx));
+                    return Poll::Ready(Ok(match response.take() {
+                        Some(response) => response.map(ResponseBody::inner),
+                        None => polled_after_completion().map(ResponseBody::limiter),
+                    }));
                 }
                 StateProj::Ready { response } => {
                     let response = response.take().unwrap_or_else(polled_after_completion);

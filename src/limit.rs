@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
+use smallvec::SmallVec;
 use tollgate_core::{Algorithm, Quota, QuotaError, Rule};
 
 use crate::error::{BuildError, InvalidQuota};
@@ -49,6 +51,9 @@ pub struct Limit {
     pub(crate) tiers: Vec<(Arc<str>, Quota)>,
     /// Quotas for one client each, by the value of the limit's key part.
     pub(crate) identities: Vec<(Box<[u8]>, Quota)>,
+    /// The response statuses that charge the limit; empty: every admitted request is charged
+    /// up front, like any limit.
+    pub(crate) charge_on: SmallVec<[StatusCode; 2]>,
 }
 
 /// The plan a client is on, for a request extension the application's auth inserts once it
@@ -197,6 +202,7 @@ impl Limit {
             key: Vec::new(),
             tiers: Vec::new(),
             identities: Vec::new(),
+            charge_on: SmallVec::new(),
         }
     }
 
@@ -217,6 +223,7 @@ impl Limit {
             key: Vec::new(),
             tiers: Vec::new(),
             identities: Vec::new(),
+            charge_on: SmallVec::new(),
         }
     }
 }
@@ -258,6 +265,38 @@ impl Limit {
     }
 
     /// Remakes the rule, or finds the first mistake, after any setting changed.
+    /// Charges the limit only for requests whose response has one of `statuses`: the
+    /// fail2ban pattern, counting failed logins (401, 403) and not the successful ones. A
+    /// request is refused up front once the limit is spent; the limit's other figures
+    /// (headers, 429s) are as for any limit. The request's other limits still decide and
+    /// charge it all-or-nothing, before it runs.
+    ///
+    /// # The race, and its bound
+    /// The response comes after the request ran, so requests in flight have not been charged
+    /// yet. Each instance of the layer therefore lets at most as many requests of one key be
+    /// in flight at once as the limit has left (a request past that is refused with a
+    /// `Retry-After` of one second, the time for one in flight to finish). With the memory
+    /// store no request past the limit ever runs. With a store shared by `n` instances, each
+    /// instance holds its own in-flight count, so at most `n` times what is left can run at
+    /// once: the worst case admits `(n - 1)` times the limit more in one window. Requests in
+    /// flight that end up not charged (a successful login) hold their place until they answer,
+    /// so concurrent successes can briefly refuse a request that would have passed.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tollgate::{KeyPart, Limit, Scope};
+    /// use std::time::Duration;
+    ///
+    /// let failed_logins = Limit::per_period("failed_logins", 5, Duration::from_secs(15 * 60))
+    ///     .scope(Scope::all().path("/auth/login"))
+    ///     .key(KeyPart::client_ip())
+    ///     .charge_on([StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]);
+    /// ```
+    pub fn charge_on(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.charge_on.extend(statuses);
+        self.rebuilt()
+    }
+
     fn rebuilt(mut self) -> Self {
         self.rule = self
             .settings

@@ -39,6 +39,8 @@ pub(crate) struct CompiledLimit {
     pub(crate) tiers: Box<[(Arc<str>, u16)]>,
     /// Digest of the one key part's value and variant, sorted by digest.
     pub(crate) identities: Box<[(u128, u16)]>,
+    /// The statuses that charge the limit after the response; empty: charged up front.
+    pub(crate) charge_on: Box<[http::StatusCode]>,
     pub(crate) counters: Counters,
     /// Shadow denials of this limit: at most one line per second.
     pub(crate) shadow_log: LogThrottle,
@@ -111,6 +113,7 @@ pub(crate) fn limits(
             variants: per_client.variants.into_boxed_slice(),
             tiers: per_client.tiers.into_boxed_slice(),
             identities: per_client.identities.into_boxed_slice(),
+            charge_on: limit.charge_on.iter().copied().collect(),
             counters: Counters::default(),
             shadow_log: LogThrottle::new(LOG_INTERVAL),
         });

@@ -9,6 +9,7 @@
 //! request needs is read and hashed once, however many limits use it.
 
 mod compile;
+mod deferred;
 mod plan;
 mod verdict;
 
@@ -26,6 +27,8 @@ use crate::response::{default_responder, HeaderWriter, Responder};
 use crate::route::RoutePattern;
 
 use compile::{CompiledExemptions, CompiledLimit, CompiledSource};
+pub(crate) use deferred::Held;
+pub(crate) use plan::Plan;
 pub(crate) use verdict::Verdict;
 
 /// At most one line per this interval for each event that can happen on every request.
@@ -54,6 +57,8 @@ pub(crate) struct Limiter<S> {
     warned_no_route: AtomicBool,
     /// Store failures and answers that make no sense: at most one line per second.
     store_log: LogThrottle,
+    /// Requests in flight for limits charged by the response.
+    in_flight: Arc<deferred::InFlight>,
 }
 
 impl<S: Store> Limiter<S> {
@@ -99,6 +104,7 @@ impl<S: Store> Limiter<S> {
             warned_no_peer: AtomicBool::new(false),
             warned_no_route: AtomicBool::new(false),
             store_log: LogThrottle::new(LOG_INTERVAL),
+            in_flight: Arc::default(),
         })
     }
 }

@@ -16,9 +16,12 @@ use crate::response::MISSING_PEER_ADDR;
 use crate::route::RoutePattern;
 
 /// The limits that apply to one request, each with its key.
+#[derive(Clone)]
 pub(crate) struct Plan {
+    /// The limits charged up front, then the `deferred` ones charged by the response.
     checks: SmallVec<[(LimitId, Key); 4]>,
     replay: Option<Replay>,
+    deferred: usize,
 }
 
 /// A limit of the limiter that made the plan, and the variant of its rule (the quota) that
@@ -32,6 +35,29 @@ pub(super) struct LimitId {
 }
 
 impl Plan {
+    /// Whether some limits are charged by the response ([`Limit::charge_on`]): the request is
+    /// then decided by [`Limiter::decide_deferred`](super::deferred).
+    ///
+    /// [`Limit::charge_on`]: crate::Limit::charge_on
+    pub(crate) fn has_deferred(&self) -> bool {
+        self.deferred > 0
+    }
+
+    /// Every applicable limit: those charged up front, then those charged by the response.
+    pub(super) fn checks_slice(&self) -> &[(LimitId, Key)] {
+        &self.checks
+    }
+
+    /// The limits charged up front.
+    pub(super) fn upfront(&self) -> &[(LimitId, Key)] {
+        &self.checks[..self.checks.len() - self.deferred]
+    }
+
+    /// The limits charged by the response.
+    pub(super) fn deferred(&self) -> &[(LimitId, Key)] {
+        &self.checks[self.checks.len() - self.deferred..]
+    }
+
     /// How many limits apply.
     pub(super) fn len(&self) -> usize {
         self.checks.len()
@@ -114,6 +140,7 @@ impl<S: Store> Limiter<S> {
             return Ok(None);
         }
         let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
+        let mut deferred: SmallVec<[(LimitId, Key); 2]> = SmallVec::new();
         'limits: for (index, limit) in self.limits.iter().enumerate() {
             let applies = {
                 let mut present = |i| self.part(i, req, &mut parts).map(|p| p.is_some());
@@ -131,9 +158,14 @@ impl<S: Store> Limiter<S> {
                 }
             }
             let variant = variant_for(limit, req, &parts);
-            checks.push((LimitId { index, variant }, key.finish()));
+            let check = (LimitId { index, variant }, key.finish());
+            if limit.charge_on.is_empty() {
+                checks.push(check);
+            } else {
+                deferred.push(check);
+            }
         }
-        if checks.is_empty() {
+        if checks.is_empty() && deferred.is_empty() {
             return Ok(None);
         }
         let replay = self
@@ -150,7 +182,13 @@ impl<S: Store> Limiter<S> {
                 let route = self.find_route(req).unwrap_or(req.uri().path());
                 idempotency.replay(&self.secret, req, route, checks.iter().map(|&(_, key)| key))
             });
-        Ok(Some(Plan { checks, replay }))
+        let deferred_len = deferred.len();
+        checks.extend(deferred);
+        Ok(Some(Plan {
+            checks,
+            replay,
+            deferred: deferred_len,
+        }))
     }
 
     /// Whether the request passes uncounted: a predicate says so, the client address is in an
@@ -185,25 +223,30 @@ impl<S: Store> Limiter<S> {
         Ok(false)
     }
 
-    /// The store's checks for a plan.
-    fn store_checks(&self, plan: &Plan) -> SmallVec<[Check<'_>; 4]> {
-        plan.checks()
-            .map(|(id, key)| Check {
+    /// The store's checks for planned limits.
+    pub(super) fn store_checks(&self, planned: &[(LimitId, Key)]) -> SmallVec<[Check<'_>; 4]> {
+        planned
+            .iter()
+            .map(|&(id, key)| Check {
                 rule: self.rule(id).0,
                 key,
             })
             .collect()
     }
 
-    /// The store's answer, if it gives it without waiting (`Store::check_immediately`).
+    /// The store's answer, if it gives it without waiting (`Store::check_immediately`) and the
+    /// plan has no limit charged by the response.
     pub(crate) fn check_immediately(&self, plan: &Plan) -> Option<Result<Outcome, S::Error>> {
+        if plan.has_deferred() {
+            return None;
+        }
         self.store
-            .check_immediately(&self.store_checks(plan), plan.replay.as_ref())
+            .check_immediately(&self.store_checks(plan.upfront()), plan.replay.as_ref())
     }
 
-    /// Asks the store about the planned checks.
+    /// Asks the store about the limits charged up front, charging them.
     pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
-        let checks = self.store_checks(plan);
+        let checks = self.store_checks(plan.upfront());
         self.store.check(&checks, plan.replay.as_ref()).await
     }
 

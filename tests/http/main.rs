@@ -2,6 +2,7 @@
 
 mod api;
 mod attacks;
+mod charge_on;
 mod config;
 mod exempt;
 mod hyper_server;

@@ -9,12 +9,12 @@
 mod support;
 
 mod bench;
-mod config;
 mod conformance;
 mod corruption;
 mod differential;
 mod faults;
 mod http_keyspace;
 mod keyspace;
+mod limits_as_data;
 mod realtime;
 mod shared;

@@ -1,0 +1,157 @@
+//! Limits charged by the response (`Limit::charge_on`): failed logins counted, successes not;
+//! refused up front once spent; never more requests run at once than the limit has left.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use http::{Method, StatusCode};
+use tollgate::{KeyPart, Limit, RateLimitLayer, Scope};
+use tower::ServiceExt;
+
+use crate::support::{serve_axum, TestClient};
+
+fn failed_logins(limit: u64) -> Limit {
+    Limit::per_minute("failed_logins", limit)
+        .scope(Scope::all().path("/login"))
+        .key(KeyPart::client_ip())
+        .charge_on([StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN])
+}
+
+/// 200 with `x-password: demo`, 401 otherwise; counts the requests that reached it.
+async fn login(State(reached): State<Arc<AtomicUsize>>, headers: HeaderMap) -> StatusCode {
+    reached.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    match headers.get("x-password").map(|v| v.as_bytes()) {
+        Some(b"demo") => StatusCode::OK,
+        _ => StatusCode::UNAUTHORIZED,
+    }
+}
+
+fn app(layer: RateLimitLayer) -> (Router, Arc<AtomicUsize>) {
+    let reached = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route("/login", post(login))
+        .with_state(reached.clone())
+        .layer(layer);
+    (app, reached)
+}
+
+const GOOD: [(&str, &[u8]); 1] = [("x-password", b"demo")];
+const BAD: [(&str, &[u8]); 1] = [("x-password", b"guess")];
+
+#[tokio::test]
+async fn only_failures_count_and_a_spent_limit_refuses_before_the_handler() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_ip", 100).key(KeyPart::client_ip()))
+        .limit(failed_logins(3))
+        .build()
+        .unwrap();
+    let (app, reached) = app(layer.clone());
+    let client = TestClient::new(serve_axum(app).await);
+    for _ in 0..5 {
+        let reply = client.send(Method::POST, "/login", &GOOD).await;
+        assert_eq!(reply.status, StatusCode::OK, "successes are not charged");
+    }
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let reply = client.send(Method::POST, "/login", &BAD).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        remaining.push(reply.header("x-ratelimit-remaining").unwrap().to_owned());
+    }
+    // The headers report the binding limit before the failure was charged.
+    assert_eq!(remaining, ["3", "2", "1"]);
+    let before = reached.load(Ordering::Relaxed);
+    for headers in [&BAD, &GOOD] {
+        let refused = client.send(Method::POST, "/login", headers).await;
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.retry_after() >= 1);
+        assert_eq!(refused.header("x-ratelimit-limit"), Some("3"));
+    }
+    assert_eq!(reached.load(Ordering::Relaxed), before, "refused up front");
+    // All-or-nothing: the refused requests were not charged by the per-IP limit either.
+    let per_ip = layer.metrics().limit("per_ip").cloned().unwrap();
+    assert_eq!((per_ip.allowed, per_ip.denied), (8, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_failures_never_run_past_what_the_limit_has_left() {
+    let layer = RateLimitLayer::builder()
+        .limit(failed_logins(5))
+        .build()
+        .unwrap();
+    let (app, reached) = app(layer);
+    let client = TestClient::new(serve_axum(app).await);
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.send(Method::POST, "/login", &BAD).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let unauthorized = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(unauthorized, 5, "{statuses:?}");
+    assert_eq!(reached.load(Ordering::Relaxed), 5);
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        25
+    );
+    // Spent: even a later, lone attempt is refused.
+    let later = client.send(Method::POST, "/login", &BAD).await;
+    assert_eq!(later.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn an_abandoned_request_gives_its_place_back() {
+    let layer = RateLimitLayer::builder()
+        .limit(failed_logins(1))
+        .build()
+        .unwrap();
+    let hang = Router::new()
+        .route(
+            "/login",
+            post(|| async {
+                std::future::pending::<()>().await;
+                StatusCode::UNAUTHORIZED
+            }),
+        )
+        .layer(layer.clone());
+    let request = || {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/login")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [192, 0, 2, 1],
+                1000,
+            ))));
+        req
+    };
+    let first = tokio::time::timeout(Duration::from_millis(50), hang.clone().oneshot(request()));
+    assert!(first.await.is_err(), "the handler never answers");
+    // Its place in flight was given back when it was dropped, uncharged: the one attempt the
+    // limit allows is still there.
+    let (app, _) = app(layer);
+    let mut second = request();
+    second
+        .headers_mut()
+        .insert("x-password", "guess".parse().unwrap());
+    let reply = app.oneshot(second).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
+}
