@@ -91,11 +91,35 @@ impl Config {
     }
 }
 
-/// The default endpoint: the URI's authority and path, without the query
-/// (`api.example.com/v1/items`).
-pub(crate) fn host_and_path(_: &Method, uri: &Uri) -> String {
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    format!("{authority}{}", uri.path())
+/// The default endpoint: the URI's authority and path, without the query, with path segments
+/// that look like ids replaced by `{id}`: `api.example.com/v1/items/{id}/`.
+pub(crate) fn host_and_route(_: &Method, uri: &Uri) -> String {
+    let mut endpoint = String::from(uri.authority().map_or("", |a| a.as_str()));
+    for (i, segment) in uri.path().split('/').enumerate() {
+        if i > 0 {
+            endpoint.push('/');
+        }
+        endpoint.push_str(if looks_like_id(segment) {
+            "{id}"
+        } else {
+            segment
+        });
+    }
+    endpoint
+}
+
+/// A number, a UUID, or a long run of hex digits (an object id, a hash): what servers put in a
+/// route template's parameter, not in its fixed part.
+fn looks_like_id(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    let uuid = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    let number = !b.is_empty() && b.iter().all(u8::is_ascii_digit);
+    let hex = b.len() >= 16 && b.iter().all(u8::is_ascii_hexdigit);
+    uuid || number || hex
 }
 
 impl Default for PoliteLayer {
@@ -107,7 +131,8 @@ impl Default for PoliteLayer {
 /// # Building
 impl PoliteLayer {
     /// The defaults: [`Backoff::vast_serverless`], a [`max_wait`](Self::max_wait) of 60 s,
-    /// learned pacing on, no minimum interval, no generated keys, endpoints by host and path.
+    /// learned pacing on, no minimum interval, no generated keys, endpoints by host and route
+    /// (see [`endpoint`](Self::endpoint)).
     pub fn new() -> Self {
         Self {
             config: Config {
@@ -117,7 +142,7 @@ impl PoliteLayer {
                 intervals: HashMap::new(),
                 learn: true,
                 idempotency_keys: false,
-                endpoint: Arc::new(host_and_path),
+                endpoint: Arc::new(host_and_route),
             },
             pacer: Arc::default(),
         }
@@ -145,7 +170,8 @@ impl PoliteLayer {
     }
 
     /// A minimum interval for one endpoint (as named by [`endpoint`](Self::endpoint); by default
-    /// `host/path`), over [`min_interval`](Self::min_interval).
+    /// host and route, such as `api.vast.ai/api/v0/instances/{id}/`), over
+    /// [`min_interval`](Self::min_interval).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -175,20 +201,19 @@ impl PoliteLayer {
         self
     }
 
-    /// How requests are grouped into endpoints, each paced on its own: by default the URI's
-    /// host and path (`api.example.com/v1/items`), so `/items/1` and `/items/2` are two
-    /// endpoints. A server that limits by route template, or per host, is better matched by a
-    /// function of its own:
+    /// How requests are grouped into endpoints, each paced on its own. By default an endpoint
+    /// is the URI's host and path with the segments that look like ids (numbers, UUIDs, 16 or
+    /// more hex digits) replaced by `{id}`, without the query: `/v1/items/12` and
+    /// `/v1/items/13` are both `api.example.com/v1/items/{id}`, as a server limiting by route
+    /// template counts them. A server whose limit spans many routes (one bucket per API token,
+    /// as VMArea's) is better matched per host; one that counts methods apart, per method:
     ///
     /// ```
     /// # use tollgate_client::PoliteLayer;
     /// // One limit per host, whatever the path (the seed client's global `min_delay`).
     /// let per_host = PoliteLayer::new().endpoint(|_, uri| uri.host().unwrap_or_default().to_owned());
-    /// // Per method and first two path segments: GET and POST counted apart.
-    /// let per_route = PoliteLayer::new().endpoint(|method, uri| {
-    ///     let route: Vec<&str> = uri.path().split('/').take(3).collect();
-    ///     format!("{method} {}", route.join("/"))
-    /// });
+    /// // Per method and path: GET and POST counted apart.
+    /// let per_method = PoliteLayer::new().endpoint(|method, uri| format!("{method} {}", uri.path()));
     /// ```
     pub fn endpoint<F>(mut self, endpoint: F) -> Self
     where
@@ -225,5 +250,35 @@ impl fmt::Debug for Config {
             .field("learn", &self.learn)
             .field("idempotency_keys", &self.idempotency_keys)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(uri: &str) -> String {
+        host_and_route(&Method::GET, &uri.parse().unwrap())
+    }
+
+    #[test]
+    fn ids_in_the_path_are_one_endpoint() {
+        assert_eq!(
+            endpoint("http://api.vast.ai/api/v0/instances/123/?owner=me"),
+            "api.vast.ai/api/v0/instances/{id}/"
+        );
+        assert_eq!(
+            endpoint(
+                "https://h:8443/v1/vms/8e03978e-40d5-43e8-bc93-6894a57f9324/disks/00ff00ff00ff00ff"
+            ),
+            "h:8443/v1/vms/{id}/disks/{id}"
+        );
+        // Words, short hex, versions and mixed ids are kept.
+        assert_eq!(
+            endpoint("http://h/v1/cafe/deadbeef/i-0abc12/2.5"),
+            "h/v1/cafe/deadbeef/i-0abc12/2.5"
+        );
+        assert_eq!(endpoint("/relative/7"), "/relative/{id}");
+        assert_eq!(endpoint("http://h"), "h/");
     }
 }

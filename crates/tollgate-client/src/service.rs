@@ -152,8 +152,10 @@ impl<S> Call<S> {
 
             let start = Instant::now();
             let send_at = self.pacer.reserve(&endpoint, interval, max_wait, start);
-            tokio::time::sleep_until(send_at).await;
-            report.waited += start.elapsed();
+            if send_at > start {
+                tokio::time::sleep_until(send_at).await;
+                report.waited += start.elapsed();
+            }
 
             poll_fn(|cx| self.inner.poll_ready(cx)).await?;
             let mut response = self.inner.call(Request::from_parts(parts, body)).await?;
