@@ -45,7 +45,7 @@ impl<D: Clone> ReplayBody for Full<D> {
 
 impl<D> ReplayBody for Empty<D> {
     fn replay(&self) -> Option<Self> {
-        Some(self.clone())
+        Some(Empty::new())
     }
 }
 

@@ -18,6 +18,9 @@ use tower_layer::Layer;
 const MS: fn(u64) -> Duration = Duration::from_millis;
 const S: fn(u64) -> Duration = Duration::from_secs;
 
+/// Response headers as (name, raw value) pairs.
+type Headers<'a> = &'a [(&'a str, &'a [u8])];
+
 /// The tokio timer's resolution: a sleep ends on the millisecond at or after its deadline.
 const TICK: Duration = Duration::from_millis(1);
 
@@ -38,7 +41,7 @@ impl Scripted {
     }
 
     /// Always this status with these headers.
-    fn always(status: StatusCode, headers: &[(&str, &[u8])]) -> Self {
+    fn always(status: StatusCode, headers: Headers) -> Self {
         let headers: Vec<(HeaderName, HeaderValue)> = headers
             .iter()
             .map(|(n, v)| {
@@ -210,7 +213,7 @@ async fn vast_recipe_doubles_from_1_s() {
 async fn every_signal_is_waited_to_the_full() {
     let date = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + S(1_700_000_000));
     let in_5 = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + S(1_700_000_005));
-    let cases: [(&[(&str, &[u8])], Duration); 7] = [
+    let cases: [(Headers, Duration); 7] = [
         (&[("retry-after", b"2")], S(2)),
         (&[("retry-after", b"1.5")], MS(1500)),
         (
