@@ -63,7 +63,6 @@
 //! (reqwest-middleware#146). Use hyper-util's client, or any tower HTTP client.
 
 #![warn(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 mod idempotency;

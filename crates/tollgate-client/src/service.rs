@@ -166,15 +166,13 @@ impl<S> Call<S> {
             if self.config.learn {
                 self.learn(&endpoint, status, &signals, received);
             }
-            let Some(spare) = spare else {
+            let resume = self
+                .retry_wait(status, &signals, report.attempts)
+                .and_then(|wait| received.checked_add(wait));
+            let Some((spare, resume)) = spare.zip(resume) else {
                 response.extensions_mut().insert(report);
                 return Ok(response);
             };
-            let Some(wait) = self.retry_wait(status, &signals, report.attempts) else {
-                response.extensions_mut().insert(report);
-                return Ok(response);
-            };
-            let resume = received.checked_add(wait).unwrap_or(received);
             // Reading the refused response while waiting keeps its connection reusable.
             let _ = tokio::time::timeout_at(resume, drain(response.into_body())).await;
             tokio::time::sleep_until(resume).await;
