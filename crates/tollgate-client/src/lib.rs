@@ -16,7 +16,8 @@
 //!   (optionally generated), and bodies only when they can be replayed ([`ReplayBody`]).
 //!
 //! It knows nothing of tollgate's server crates: any server that sends these headers is read
-//! the same way.
+//! the same way. It waits on tokio's timer, so it runs in a tokio runtime with time enabled
+//! (and a paused tokio clock makes its waits instant in tests).
 //!
 //! ```no_run
 //! use bytes::Bytes;
