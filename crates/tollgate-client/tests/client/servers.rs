@@ -163,12 +163,17 @@ async fn with_learned_pacing_a_loop_sees_no_429_after_the_first() {
             assert_eq!(o.status, StatusCode::OK, "{style:?} {reset:?}: {o:?}");
             attempts.push(o.report.attempts());
         }
-        // The first call met the spent window and waited its Retry-After; the learned holds
-        // kept every later one inside the limit.
-        assert_eq!(attempts, [2, 1, 1, 1, 1, 1], "{style:?} {reset:?}");
+        // The first call met the spent window (unless a new window began in between) and
+        // waited its Retry-After; the learned holds kept every later one inside the limit.
+        assert!(attempts[0] <= 2, "{style:?} {reset:?}: {attempts:?}");
+        assert!(
+            attempts[1..].iter().all(|&a| a == 1),
+            "{style:?} {reset:?}: {attempts:?}"
+        );
+        let refusals = log.refusals();
         assert_eq!(
-            log.refusals(),
-            1,
+            refusals,
+            attempts[0] as usize - 1,
             "{style:?} {reset:?}: {:?}",
             log.answers()
         );
