@@ -186,7 +186,7 @@ impl Backoff {
 
     /// Whether a response with this status is retried; `has_wait` says whether it said how
     /// long to wait.
-    pub fn retries_status(&self, status: StatusCode, has_wait: bool) -> bool {
+    pub fn retries_on(&self, status: StatusCode, has_wait: bool) -> bool {
         status == StatusCode::TOO_MANY_REQUESTS
             || (status == StatusCode::SERVICE_UNAVAILABLE && has_wait)
             || self.statuses.contains(&status)
@@ -257,10 +257,10 @@ mod tests {
             assert_eq!(b.delay(n, None, 0.0), want);
             assert_eq!(b.delay(n, None, 0.99), want, "no jitter");
         }
-        assert!(b.retries_status(StatusCode::TOO_MANY_REQUESTS, false));
-        assert!(!b.retries_status(StatusCode::BAD_GATEWAY, false));
-        assert!(!b.retries_status(StatusCode::SERVICE_UNAVAILABLE, false));
-        assert!(b.retries_status(StatusCode::SERVICE_UNAVAILABLE, true));
+        assert!(b.retries_on(StatusCode::TOO_MANY_REQUESTS, false));
+        assert!(!b.retries_on(StatusCode::BAD_GATEWAY, false));
+        assert!(!b.retries_on(StatusCode::SERVICE_UNAVAILABLE, false));
+        assert!(b.retries_on(StatusCode::SERVICE_UNAVAILABLE, true));
     }
 
     #[test]
@@ -279,9 +279,9 @@ mod tests {
         assert_eq!(b.delay(1, Some(S(30)), 0.5), MS(30_500));
         for code in [408, 500, 502, 503, 504, 599] {
             let status = StatusCode::from_u16(code).unwrap();
-            assert!(b.retries_status(status, false), "{code}");
+            assert!(b.retries_on(status, false), "{code}");
         }
-        assert!(!b.retries_status(StatusCode::NOT_FOUND, false));
+        assert!(!b.retries_on(StatusCode::NOT_FOUND, false));
     }
 
     #[test]

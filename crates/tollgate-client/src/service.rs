@@ -186,7 +186,7 @@ impl<S> Call<S> {
     fn retry_wait(&self, status: StatusCode, signals: &Signals, retry: u32) -> Option<Duration> {
         let backoff = &self.config.backoff;
         let server = signals.wait();
-        if !backoff.retries_status(status, server.is_some()) {
+        if !backoff.retries_on(status, server.is_some()) {
             return None;
         }
         // The wait without jitter is what must be waited; jitter may be trimmed to the cap.
