@@ -302,3 +302,50 @@ fn eviction_keeps_a_long_lived_key_of_every_table_over_a_short_one() {
         }
     }
 }
+
+/// The rebuilds that clear a full shard's tombstones count in `stats().swept`, like sweeps: with
+/// the clock standing still nothing expires, so an insert adds nothing, every key held (a
+/// sweep), every key held but the one just evicted (a rebuild, which comes after the eviction
+/// that makes room), or both. Rebuilds come at least `len / 3` inserts apart.
+#[test]
+fn a_tombstone_rebuild_counts_the_entries_it_moves_as_swept() {
+    // 1300 keys fill 63% of 2048 buckets: removals there soon leave enough tombstones for a
+    // rebuild (which keys share a group depends on the table's random hasher).
+    const CAP: u64 = 1300;
+    let store = MemoryStore::builder()
+        .clock(ManualClock::new(BASE))
+        .shards(1)
+        .max_keys(CAP as usize)
+        .sweep_interval(None)
+        .build();
+    let rule = Rule::builder("hourly", Quota::per_hour(10).unwrap())
+        .build()
+        .unwrap();
+    let (mut sweeps, mut rebuilds) = (0, Vec::new());
+    let mut i = 0u64;
+    while rebuilds.len() < 3 {
+        assert!(i < 1_000_000, "{} rebuilds in {i} inserts", rebuilds.len());
+        let (held, before) = (store.len() as u64, store.stats().swept);
+        let key = KeySecret::DEFAULT.key().part(&i.to_le_bytes()).finish();
+        assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+        let full = held == CAP;
+        match store.stats().swept.checked_sub(before) {
+            Some(0) => {}
+            Some(n) if n == held => sweeps += 1,
+            Some(n) if full && n == CAP - 1 => rebuilds.push(i),
+            Some(n) if full && n == CAP + CAP - 1 => {
+                sweeps += 1;
+                rebuilds.push(i);
+            }
+            other => panic!("insert {i}: swept grew by {other:?} with {held} keys held"),
+        }
+        i += 1;
+    }
+    assert!(sweeps > 0, "no sweep");
+    for gap in rebuilds.windows(2) {
+        assert!(
+            gap[1] - gap[0] >= CAP / 3,
+            "rebuilds at inserts {rebuilds:?}"
+        );
+    }
+}
