@@ -350,50 +350,68 @@ fn a_tombstone_rebuild_counts_the_entries_it_moves_as_swept() {
     }
 }
 
-/// At equal expiry, eviction takes the entry that holds least: a GCRA state (which counts
-/// nothing beyond its expiry) goes before a fixed window that holds a request and ends at the
-/// same instant, whichever of the two keys sorts first.
+/// At equal expiry, eviction takes the entry that holds least, whichever of the two keys sorts
+/// first: a GCRA state (which counts nothing beyond its expiry) before a fixed window holding a
+/// request, and a sliding log of one request before one of two.
 #[test]
-fn eviction_at_equal_expiry_takes_a_gcra_state_before_a_window_holding_a_count() {
-    // From BASE, on a second, one request leaves both states ending at BASE + 1 s.
-    let per_second = Quota::per_second(1).unwrap();
-    let gcra = Rule::builder("gcra", per_second).build().unwrap();
-    let window = Rule::builder("window", per_second)
-        .algorithm(Algorithm::FixedWindow)
-        .build()
-        .unwrap();
+fn eviction_at_equal_expiry_takes_the_entry_that_holds_least() {
+    // From BASE, on a second, every state below ends at BASE + 1 s.
+    let rule = |name: &str, limit, algorithm| {
+        Rule::builder(name, Quota::per_second(limit).unwrap())
+            .algorithm(algorithm)
+            .build()
+            .unwrap()
+    };
+    // (rule of the entry that holds less, requests it holds; the other's rule, its requests)
+    let cases = [
+        (
+            rule("gcra", 1, Algorithm::Gcra),
+            1,
+            rule("window", 1, Algorithm::FixedWindow),
+            1,
+        ),
+        (
+            rule("short_log", 2, Algorithm::SlidingLog),
+            1,
+            rule("long_log", 2, Algorithm::SlidingLog),
+            2,
+        ),
+    ];
     let hourly = Rule::builder("hourly", Quota::per_hour(2).unwrap())
         .build()
         .unwrap();
-    // Ties between equal ranks go to the lower slot: were the window's count not counted,
-    // about half of sixteen pairs of keys would evict the window.
-    for i in 0u64..16 {
-        let store = MemoryStore::builder()
-            .clock(ManualClock::new(BASE))
-            .shards(1)
-            .max_keys(2)
-            .sweep_interval(None)
-            .build();
-        let check = |rule, name: &[u8]| {
-            let key = KeySecret::DEFAULT
-                .key()
-                .part(name)
-                .part(&i.to_le_bytes())
-                .finish();
-            [Check { rule, key }]
-        };
-        let (a, b, c) = (
-            check(&gcra, b"a"),
-            check(&window, b"b"),
-            check(&hourly, b"c"),
-        );
-        assert!(store.check_now(&a, None).allowed);
-        assert!(store.check_now(&b, None).allowed);
-        // Full: `c` evicts one of them.
-        assert!(store.check_now(&c, None).allowed);
-        assert_eq!(store.stats().evictions, 1);
-        let remaining = |checks: &[Check<'_>]| peek_now(&store, checks).decisions[0].remaining;
-        assert_eq!(remaining(&b), 0, "pair {i}: the window was evicted");
-        assert_eq!(remaining(&a), 1, "pair {i}: the GCRA state was kept");
+    for (less, less_held, more, more_held) in &cases {
+        // Ties between equal ranks go to the lower slot: were the counts not counted, about
+        // half of sixteen pairs of keys would evict the entry that holds more.
+        for i in 0u64..16 {
+            let store = MemoryStore::builder()
+                .clock(ManualClock::new(BASE))
+                .shards(1)
+                .max_keys(2)
+                .sweep_interval(None)
+                .build();
+            let check = |rule, name: &[u8]| {
+                let key = KeySecret::DEFAULT
+                    .key()
+                    .part(name)
+                    .part(&i.to_le_bytes())
+                    .finish();
+                [Check { rule, key }]
+            };
+            let (a, b, c) = (check(less, b"a"), check(more, b"b"), check(&hourly, b"c"));
+            for (checks, held) in [(&a, less_held), (&b, more_held)] {
+                for _ in 0..*held {
+                    assert!(store.check_now(checks, None).allowed);
+                }
+            }
+            // Full: `c` evicts one of them.
+            assert!(store.check_now(&c, None).allowed);
+            assert_eq!(store.stats().evictions, 1);
+            let remaining = |checks: &[Check<'_>]| peek_now(&store, checks).decisions[0].remaining;
+            let case = format!("{} beside {}, pair {i}", less.name(), more.name());
+            let limit = more.quota().limit();
+            assert_eq!(remaining(&b), limit - more_held, "{case}: b was evicted");
+            assert_eq!(remaining(&a), less.quota().limit(), "{case}: a was kept");
+        }
     }
 }
