@@ -1373,3 +1373,73 @@ mod tests {
         }
     }
 }
+
+/// [`Housekept::lowest`] against its contract, stated over the buckets it draws rather than as
+/// its loop: it keeps the first [`EVICTION_SAMPLE`] entries found, stops after
+/// [`EVICTION_PROBES`] buckets unless asked to search on until it finds one, and returns the
+/// lowest-ranked of what it found.
+#[cfg(test)]
+mod sampling {
+    use super::*;
+
+    /// A GCRA table of `entries` keys in the buckets of a table sized for `sized_for` (more
+    /// buckets than keys: sparse), each key expiring at its own instant.
+    fn table(entries: u64, sized_for: usize) -> Table<Gcra> {
+        let mut table = Table::<Gcra>::default();
+        table.map = hashbrown::HashTable::with_capacity(sized_for);
+        for i in 0..entries {
+            let expiry = 1_000 + i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1_000_000;
+            table.insert([i, !i], GcraState { tat: expiry });
+        }
+        table
+    }
+
+    /// What `lowest` must return and the buckets it must probe, from the sequence of buckets
+    /// the sampler draws from `seed`.
+    fn expected(table: &Table<Gcra>, seed: u64, until_found: bool) -> (Option<Candidate>, u64) {
+        let mut random = seed;
+        let buckets = table.map.num_buckets() as u64;
+        let draws: Vec<usize> = (0..20_000)
+            .map(|_| (splitmix(&mut random) % buckets) as usize)
+            .collect();
+        // The draws that find an entry, by their position in the sequence.
+        let found: Vec<(usize, usize)> = (draws.iter().enumerate())
+            .filter(|(_, &bucket)| table.map.get_bucket(bucket).is_some())
+            .map(|(at, &bucket)| (at, bucket))
+            .collect();
+        let probes = match found.get(EVICTION_SAMPLE - 1) {
+            Some(&(at, _)) if at < EVICTION_PROBES => at + 1,
+            _ if !until_found || found[0].0 < EVICTION_PROBES => EVICTION_PROBES,
+            _ => found[0].0 + 1,
+        };
+        let lowest = (found.iter())
+            .take_while(|(at, _)| *at < probes)
+            .take(EVICTION_SAMPLE)
+            .map(|&(_, bucket)| {
+                let (slot, state) = table.map.get_bucket(bucket).unwrap();
+                (((state.tat, 0), *slot), bucket)
+            })
+            .min();
+        (lowest, probes as u64)
+    }
+
+    #[test]
+    fn an_eviction_sample_is_the_first_entries_found_within_its_probes() {
+        // Dense: 100 keys in 128 buckets; sparse: one key in 128 or 1,024 buckets, so the
+        // sample stops at its probe limit, or searches on until it finds the key.
+        let tables = [table(100, 100), table(1, 100), table(1, 800)];
+        for (t, table) in tables.iter().enumerate() {
+            for until_found in [false, true] {
+                for seed in 0..32 {
+                    let (mut random, mut probed) = (seed, 0);
+                    let got = table.lowest(&mut random, until_found, &mut probed);
+                    assert_eq!(
+                        (got, probed),
+                        expected(table, seed, until_found),
+                        "table {t}, until_found: {until_found}, seed {seed}"
+                    );
+                }
+            }
+        }
+    }
+}
