@@ -1374,10 +1374,10 @@ mod tests {
     }
 }
 
-/// [`Housekept::lowest`] against its contract, stated over the buckets it draws rather than as
-/// its loop: it keeps the first [`EVICTION_SAMPLE`] entries found, stops after
-/// [`EVICTION_PROBES`] buckets unless asked to search on until it finds one, and returns the
-/// lowest-ranked of what it found.
+/// Table housekeeping against its contract: [`Housekept::lowest`] stated over the buckets it
+/// draws rather than as its loop (it keeps the first [`EVICTION_SAMPLE`] entries found, stops
+/// after [`EVICTION_PROBES`] buckets unless asked to search on until it finds one, and returns
+/// the lowest-ranked of what it found); which table searches on; when a sweep gives memory back.
 #[cfg(test)]
 mod sampling {
     use super::*;
@@ -1441,5 +1441,97 @@ mod sampling {
                 }
             }
         }
+    }
+
+    /// A full shard's largest table always yields a candidate, however sparse: two soon-expiring
+    /// keys left in 1,024 buckets (their neighbours evicted), beside one long-lived key, are
+    /// found and one of them evicted, for every seed of the sampler.
+    #[test]
+    fn an_eviction_searches_the_largest_table_until_it_finds_a_key() {
+        for seed in 0..32 {
+            let mut tables = Tables {
+                random: seed,
+                ..Tables::default()
+            };
+            tables.fixed_window.map = hashbrown::HashTable::with_capacity(800);
+            for i in 0..2 {
+                let state = FixedWindowState {
+                    window_end: 1_000 + i,
+                    count: 1,
+                };
+                tables.fixed_window.insert([i, 0], state);
+            }
+            tables.gcra.insert([9, 9], GcraState { tat: 1_000_000 });
+            tables.evict_one();
+            assert_eq!(tables.work.evictions, 1);
+            assert_eq!(
+                (tables.fixed_window.len(), tables.gcra.len()),
+                (1, 1),
+                "seed {seed}: the long-lived key was evicted"
+            );
+        }
+    }
+
+    /// A sweep that leaves a table under a quarter of its capacity (as `hashbrown` counts it
+    /// after the removals) shrinks it to a size with room for twice the keys left, and not for
+    /// four times as many; one that leaves a quarter or more keeps its size. Every number of
+    /// keys kept, so the exact quarter is among them.
+    #[test]
+    fn a_sweep_gives_back_the_memory_of_a_table_left_under_a_quarter_full() {
+        for kept in 0..=1000 {
+            let mut table = table(1000, 1000);
+            let buckets = table.map.num_buckets();
+            // Keep the `kept` entries that expire last.
+            let mut expiries: Vec<Nanos> = table.map.iter().map(|(_, s)| s.tat).collect();
+            expiries.sort_unstable();
+            let now = if kept == 1000 {
+                0
+            } else {
+                expiries[999 - kept]
+            };
+            // The same removals on a copy (same buckets, same tombstones), without the shrink.
+            let mut removed = table.map.clone();
+            removed.retain(|(_, s)| s.tat > now);
+            let quarter = removed.capacity() / 4;
+            assert_eq!(table.sweep(now), 1000, "a sweep visits every entry");
+            assert_eq!(table.len(), kept);
+            let shape = (table.map.capacity(), table.map.num_buckets());
+            if kept < quarter {
+                let at_most = hashbrown::HashTable::<()>::with_capacity(4 * kept).num_buckets();
+                assert!(
+                    shape.0 >= 2 * kept && shape.1 <= at_most,
+                    "{kept} of 1000 kept: capacity and buckets {shape:?}"
+                );
+            } else {
+                assert_eq!(
+                    shape.1, buckets,
+                    "{kept} of 1000 kept, a quarter is {quarter}"
+                );
+            }
+        }
+    }
+
+    /// The memory store decides at once, as [`Store::check`] would, charging the same.
+    #[test]
+    fn the_memory_store_answers_immediately_and_charges() {
+        let store = MemoryStore::builder()
+            .clock(crate::ManualClock::new(crate::conformance::BASE))
+            .sweep_interval(None)
+            .build();
+        let rule = crate::Rule::builder("r", Quota::per_hour(2).unwrap())
+            .build()
+            .unwrap();
+        let key = crate::KeySecret::DEFAULT.key().part(b"client").finish();
+        let checks = [Check { rule: &rule, key }];
+        let remaining = |outcome: Option<Result<Outcome, _>>| match outcome {
+            Some(Ok(outcome)) => (outcome.allowed, outcome.decisions[0].remaining),
+            other => panic!("not answered at once: {other:?}"),
+        };
+        assert_eq!(remaining(store.check_immediately(&checks, None)), (true, 1));
+        assert_eq!(remaining(store.check_immediately(&checks, None)), (true, 0));
+        assert_eq!(
+            remaining(store.check_immediately(&checks, None)),
+            (false, 0)
+        );
     }
 }
