@@ -1385,8 +1385,10 @@ mod sampling {
     /// A GCRA table of `entries` keys in the buckets of a table sized for `sized_for` (more
     /// buckets than keys: sparse), each key expiring at its own instant.
     fn table(entries: u64, sized_for: usize) -> Table<Gcra> {
-        let mut table = Table::<Gcra>::default();
-        table.map = hashbrown::HashTable::with_capacity(sized_for);
+        let mut table = Table::<Gcra> {
+            map: hashbrown::HashTable::with_capacity(sized_for),
+            ..Table::default()
+        };
         for i in 0..entries {
             let expiry = 1_000 + i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1_000_000;
             table.insert([i, !i], GcraState { tat: expiry });
