@@ -155,4 +155,22 @@ mod tests {
         assert!(clock.now_after(0).abs_diff(clock.now()) < 1_000_000_000);
         assert_eq!(clock.now_after(u64::MAX), u64::MAX);
     }
+
+    /// Calibrating the time-stamp counter takes about a millisecond: it is done once, and every
+    /// read shares the result.
+    #[test]
+    fn the_time_stamp_counter_is_calibrated_once_and_shared() {
+        assert!(std::ptr::eq(counter(), counter()));
+    }
+
+    /// A clock behind an `Arc` reads as the clock it wraps, `now_after` included.
+    #[test]
+    fn a_clock_behind_an_arc_reads_as_the_clock_it_wraps() {
+        fn read<C: Clock>(clock: &C, seen: Nanos) -> (Nanos, Nanos) {
+            (clock.now(), clock.now_after(seen))
+        }
+        assert_eq!(read(&Arc::new(ManualClock::new(5_000)), 0), (5_000, 5_000));
+        // The system clock never reads behind what the caller has seen.
+        assert_eq!(read(&Arc::new(SystemClock::new()), u64::MAX).1, u64::MAX);
+    }
 }

@@ -1373,3 +1373,183 @@ mod tests {
         }
     }
 }
+
+/// Table housekeeping against its contract: [`Housekept::lowest`] stated over the buckets it
+/// draws rather than as its loop (it keeps the first [`EVICTION_SAMPLE`] entries found, stops
+/// after [`EVICTION_PROBES`] buckets unless asked to search on until it finds one, and returns
+/// the lowest-ranked of what it found); which table searches on; when a sweep gives memory back.
+#[cfg(test)]
+mod sampling {
+    use super::*;
+
+    /// A GCRA table of `entries` keys in the buckets of a table sized for `sized_for` (more
+    /// buckets than keys: sparse), each key expiring at its own instant.
+    fn table(entries: u64, sized_for: usize) -> Table<Gcra> {
+        let mut table = Table::<Gcra> {
+            map: hashbrown::HashTable::with_capacity(sized_for),
+            ..Table::default()
+        };
+        for i in 0..entries {
+            let expiry = 1_000 + i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1_000_000;
+            table.insert([i, !i], GcraState { tat: expiry });
+        }
+        table
+    }
+
+    /// What `lowest` must return and the buckets it must probe, from the sequence of buckets
+    /// the sampler draws from `seed`.
+    fn expected(table: &Table<Gcra>, seed: u64, until_found: bool) -> (Option<Candidate>, u64) {
+        let mut random = seed;
+        let buckets = table.map.num_buckets() as u64;
+        let draws: Vec<usize> = (0..20_000)
+            .map(|_| (splitmix(&mut random) % buckets) as usize)
+            .collect();
+        // The draws that find an entry, by their position in the sequence.
+        let found: Vec<(usize, usize)> = (draws.iter().enumerate())
+            .filter(|(_, &bucket)| table.map.get_bucket(bucket).is_some())
+            .map(|(at, &bucket)| (at, bucket))
+            .collect();
+        let probes = match found.get(EVICTION_SAMPLE - 1) {
+            Some(&(at, _)) if at < EVICTION_PROBES => at + 1,
+            _ if !until_found || found[0].0 < EVICTION_PROBES => EVICTION_PROBES,
+            _ => found[0].0 + 1,
+        };
+        let lowest = (found.iter())
+            .take_while(|(at, _)| *at < probes)
+            .take(EVICTION_SAMPLE)
+            .map(|&(_, bucket)| {
+                let (slot, state) = table.map.get_bucket(bucket).unwrap();
+                (((state.tat, 0), *slot), bucket)
+            })
+            .min();
+        (lowest, probes as u64)
+    }
+
+    #[test]
+    fn an_eviction_sample_is_the_first_entries_found_within_its_probes() {
+        // Dense: 100 keys in 128 buckets; sparse: one key in 128 or 1,024 buckets, so the
+        // sample stops at its probe limit, or searches on until it finds the key.
+        let tables = [table(100, 100), table(1, 100), table(1, 800)];
+        for (t, table) in tables.iter().enumerate() {
+            for until_found in [false, true] {
+                for seed in 0..32 {
+                    let (mut random, mut probed) = (seed, 0);
+                    let got = table.lowest(&mut random, until_found, &mut probed);
+                    assert_eq!(
+                        (got, probed),
+                        expected(table, seed, until_found),
+                        "table {t}, until_found: {until_found}, seed {seed}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A full shard's largest table always yields a candidate, however sparse: two soon-expiring
+    /// keys left in 1,024 buckets (their neighbours evicted), beside one long-lived key, are
+    /// found and one of them evicted, for every seed of the sampler.
+    #[test]
+    fn an_eviction_searches_the_largest_table_until_it_finds_a_key() {
+        for seed in 0..32 {
+            let mut tables = Tables {
+                random: seed,
+                ..Tables::default()
+            };
+            tables.fixed_window.map = hashbrown::HashTable::with_capacity(800);
+            for i in 0..2 {
+                let state = FixedWindowState {
+                    window_end: 1_000 + i,
+                    count: 1,
+                };
+                tables.fixed_window.insert([i, 0], state);
+            }
+            tables.gcra.insert([9, 9], GcraState { tat: 1_000_000 });
+            tables.evict_one();
+            assert_eq!(tables.work.evictions, 1);
+            assert_eq!(
+                (tables.fixed_window.len(), tables.gcra.len()),
+                (1, 1),
+                "seed {seed}: the long-lived key was evicted"
+            );
+        }
+    }
+
+    /// A sweep that leaves a table under a quarter of its capacity (as `hashbrown` counts it
+    /// after the removals) shrinks it to a size with room for twice the keys left, and not for
+    /// four times as many; one that leaves a quarter or more keeps its size. Every number of
+    /// keys kept, and then a table where exactly a quarter is kept.
+    #[test]
+    fn a_sweep_gives_back_the_memory_of_a_table_left_under_a_quarter_full() {
+        // A fresh table of 1000 keys, the instant that keeps the `kept` that expire last, and
+        // a quarter of the capacity those removals leave (seen on a copy: same buckets, same
+        // tombstones, no shrink).
+        let prepare = |kept: usize| {
+            let table = table(1000, 1000);
+            let mut expiries: Vec<Nanos> = table.map.iter().map(|(_, s)| s.tat).collect();
+            expiries.sort_unstable();
+            let now = if kept == 1000 {
+                0
+            } else {
+                expiries[999 - kept]
+            };
+            let mut removed = table.map.clone();
+            removed.retain(|(_, s)| s.tat > now);
+            (table, now, removed.capacity() / 4)
+        };
+        let check = |mut table: Table<Gcra>, now, kept, quarter| {
+            let buckets = table.map.num_buckets();
+            assert_eq!(table.sweep(now), 1000, "a sweep visits every entry");
+            assert_eq!(table.len(), kept);
+            let shape = (table.map.capacity(), table.map.num_buckets());
+            if kept < quarter {
+                let at_most = hashbrown::HashTable::<()>::with_capacity(4 * kept).num_buckets();
+                assert!(
+                    shape.0 >= 2 * kept && shape.1 <= at_most,
+                    "{kept} of 1000 kept: capacity and buckets {shape:?}"
+                );
+            } else {
+                assert_eq!(
+                    shape.1, buckets,
+                    "{kept} of 1000 kept, a quarter is {quarter}"
+                );
+            }
+        };
+        for kept in 0..=1000 {
+            let (table, now, quarter) = prepare(kept);
+            check(table, now, kept, quarter);
+        }
+        // Which tables leave exactly a quarter depends on their random hashers: try until one
+        // does (each table kept at 400 to 460 keys: most tables do for one of them).
+        let exact = (0..100).find_map(|_| {
+            (400..=460).find_map(|kept| {
+                let (table, now, quarter) = prepare(kept);
+                (kept == quarter).then(|| check(table, now, kept, quarter))
+            })
+        });
+        assert!(exact.is_some(), "no table left exactly a quarter full");
+    }
+
+    /// The memory store decides at once, as [`Store::check`] would, charging the same.
+    #[test]
+    fn the_memory_store_answers_immediately_and_charges() {
+        let store = MemoryStore::builder()
+            .clock(crate::ManualClock::new(crate::conformance::BASE))
+            .sweep_interval(None)
+            .build();
+        let rule = crate::Rule::builder("r", Quota::per_hour(2).unwrap())
+            .build()
+            .unwrap();
+        let key = crate::KeySecret::DEFAULT.key().part(b"client").finish();
+        let checks = [Check { rule: &rule, key }];
+        let remaining = |outcome: Option<Result<Outcome, _>>| match outcome {
+            Some(Ok(outcome)) => (outcome.allowed, outcome.decisions[0].remaining),
+            other => panic!("not answered at once: {other:?}"),
+        };
+        assert_eq!(remaining(store.check_immediately(&checks, None)), (true, 1));
+        assert_eq!(remaining(store.check_immediately(&checks, None)), (true, 0));
+        assert_eq!(
+            remaining(store.check_immediately(&checks, None)),
+            (false, 0)
+        );
+    }
+}

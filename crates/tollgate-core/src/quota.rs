@@ -242,4 +242,16 @@ mod tests {
         assert_eq!(q.interval_nanos(), 142_857_143);
         assert!(q.interval_nanos() * 7 >= 1_000_000_000);
     }
+
+    /// A quota reports the figures it was built with, and its `Debug` shows them.
+    #[test]
+    fn a_quota_reports_and_shows_its_figures() {
+        let q = Quota::per_minute(600).unwrap().with_burst(50).unwrap();
+        let figures = (q.limit(), q.period(), q.burst());
+        assert_eq!(figures, (600, Duration::from_secs(60), 50));
+        assert_eq!(
+            format!("{q:?}"),
+            "Quota { limit: 600, period: 60s, burst: 50 }"
+        );
+    }
 }

@@ -263,4 +263,19 @@ mod tests {
         assert_eq!(a.id(), a2.id());
         assert_ne!(a.id(), b.id());
     }
+
+    /// A rule reports the name it was built with, and its `Debug` shows its configuration.
+    #[test]
+    fn a_rule_reports_its_name_and_shows_its_configuration() {
+        let rule = Rule::builder("login", Quota::per_second(2).unwrap())
+            .shadow(true)
+            .build()
+            .unwrap();
+        assert_eq!(rule.name(), "login");
+        assert_eq!(
+            format!("{rule:?}"),
+            "Rule { name: \"login\", quota: Quota { limit: 2, period: 1s, burst: 2 }, \
+             algorithm: Gcra, cost: 1, shadow: true, honours_replays: false }"
+        );
+    }
 }

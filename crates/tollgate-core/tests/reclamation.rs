@@ -302,3 +302,116 @@ fn eviction_keeps_a_long_lived_key_of_every_table_over_a_short_one() {
         }
     }
 }
+
+/// The rebuilds that clear a full shard's tombstones count in `stats().swept`, like sweeps: with
+/// the clock standing still nothing expires, so an insert adds nothing, every key held (a
+/// sweep), every key held but the one just evicted (a rebuild, which comes after the eviction
+/// that makes room), or both. Rebuilds come at least `len / 3` inserts apart.
+#[test]
+fn a_tombstone_rebuild_counts_the_entries_it_moves_as_swept() {
+    // 1300 keys fill 63% of 2048 buckets: removals there soon leave enough tombstones for a
+    // rebuild (which keys share a group depends on the table's random hasher).
+    const CAP: u64 = 1300;
+    let store = MemoryStore::builder()
+        .clock(ManualClock::new(BASE))
+        .shards(1)
+        .max_keys(CAP as usize)
+        .sweep_interval(None)
+        .build();
+    let rule = Rule::builder("hourly", Quota::per_hour(10).unwrap())
+        .build()
+        .unwrap();
+    let (mut sweeps, mut rebuilds) = (0, Vec::new());
+    let mut i = 0u64;
+    while rebuilds.len() < 3 {
+        assert!(i < 1_000_000, "{} rebuilds in {i} inserts", rebuilds.len());
+        let (held, before) = (store.len() as u64, store.stats().swept);
+        let key = KeySecret::DEFAULT.key().part(&i.to_le_bytes()).finish();
+        assert!(store.check_now(&[Check { rule: &rule, key }], None).allowed);
+        let full = held == CAP;
+        match store.stats().swept.checked_sub(before) {
+            Some(0) => {}
+            Some(n) if n == held => sweeps += 1,
+            Some(n) if full && n == CAP - 1 => rebuilds.push(i),
+            Some(n) if full && n == CAP + CAP - 1 => {
+                sweeps += 1;
+                rebuilds.push(i);
+            }
+            other => panic!("insert {i}: swept grew by {other:?} with {held} keys held"),
+        }
+        i += 1;
+    }
+    assert!(sweeps > 0, "no sweep");
+    for gap in rebuilds.windows(2) {
+        assert!(
+            gap[1] - gap[0] >= CAP / 3,
+            "rebuilds at inserts {rebuilds:?}"
+        );
+    }
+}
+
+/// At equal expiry, eviction takes the entry that holds least, whichever of the two keys sorts
+/// first: a GCRA state (which counts nothing beyond its expiry) before a fixed window holding a
+/// request, and a sliding log of one request before one of two.
+#[test]
+fn eviction_at_equal_expiry_takes_the_entry_that_holds_least() {
+    // From BASE, on a second, every state below ends at BASE + 1 s.
+    let rule = |name: &str, limit, algorithm| {
+        Rule::builder(name, Quota::per_second(limit).unwrap())
+            .algorithm(algorithm)
+            .build()
+            .unwrap()
+    };
+    // (rule of the entry that holds less, requests it holds; the other's rule, its requests)
+    let cases = [
+        (
+            rule("gcra", 1, Algorithm::Gcra),
+            1,
+            rule("window", 1, Algorithm::FixedWindow),
+            1,
+        ),
+        (
+            rule("short_log", 2, Algorithm::SlidingLog),
+            1,
+            rule("long_log", 2, Algorithm::SlidingLog),
+            2,
+        ),
+    ];
+    let hourly = Rule::builder("hourly", Quota::per_hour(2).unwrap())
+        .build()
+        .unwrap();
+    for (less, less_held, more, more_held) in &cases {
+        // Ties between equal ranks go to the lower slot: were the counts not counted, about
+        // half of sixteen pairs of keys would evict the entry that holds more.
+        for i in 0u64..16 {
+            let store = MemoryStore::builder()
+                .clock(ManualClock::new(BASE))
+                .shards(1)
+                .max_keys(2)
+                .sweep_interval(None)
+                .build();
+            let check = |rule, name: &[u8]| {
+                let key = KeySecret::DEFAULT
+                    .key()
+                    .part(name)
+                    .part(&i.to_le_bytes())
+                    .finish();
+                [Check { rule, key }]
+            };
+            let (a, b, c) = (check(less, b"a"), check(more, b"b"), check(&hourly, b"c"));
+            for (checks, held) in [(&a, less_held), (&b, more_held)] {
+                for _ in 0..*held {
+                    assert!(store.check_now(checks, None).allowed);
+                }
+            }
+            // Full: `c` evicts one of them.
+            assert!(store.check_now(&c, None).allowed);
+            assert_eq!(store.stats().evictions, 1);
+            let remaining = |checks: &[Check<'_>]| peek_now(&store, checks).decisions[0].remaining;
+            let case = format!("{} beside {}, pair {i}", less.name(), more.name());
+            let limit = more.quota().limit();
+            assert_eq!(remaining(&b), limit - more_held, "{case}: b was evicted");
+            assert_eq!(remaining(&a), less.quota().limit(), "{case}: a was kept");
+        }
+    }
+}
