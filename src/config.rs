@@ -562,6 +562,8 @@ struct LimitFields {
     /// Response statuses that charge the limit (after the response) instead of every request.
     #[serde(default)]
     charge_on: Vec<StatusNumber>,
+    /// The header a request's cost is read from (a batch size).
+    cost_header: Option<Parsed<HeaderName>>,
 }
 
 /// An HTTP status, written as its number.
@@ -608,6 +610,9 @@ impl<'de> Deserialize<'de> for LimitSection {
         }
         for (value, quota) in f.quota_for {
             limit = limit.quota_for(value, quota.0);
+        }
+        if let Some(header) = f.cost_header {
+            limit = limit.cost_header(header.0);
         }
         if !f.charge_on.is_empty() {
             limit = limit.charge_on(f.charge_on.into_iter().map(|s| s.0));
@@ -1018,6 +1023,7 @@ quota = "600/minute"
 key = ["header:x-api-key"]
 quota_for = { "enterprise-demo" = "6000/minute" }
 charge_on = [401, 403]
+cost_header = "x-batch-size"
 
 [client_ip]
 trusted_proxies = ["10.0.0.0/8", "::1"]
@@ -1059,6 +1065,7 @@ shards = 4
         );
         assert_eq!(config.file.limits[1].0.identities.len(), 1);
         assert_eq!(config.file.limits[1].0.charge_on.len(), 2);
+        assert!(config.file.limits[1].0.cost_from.is_some());
         assert_eq!(config.file.client_ip.trusted_proxies.len(), 2);
         assert_eq!(config.file.exempt.identities[0].values.len(), 1);
         let layer = config.layer().unwrap();

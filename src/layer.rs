@@ -29,7 +29,7 @@ use crate::body::ResponseBody;
 use crate::builder::RateLimitBuilder;
 use crate::error::BuildError;
 use crate::head::RequestHead;
-use crate::limiter::{Held, Limiter, Plan, Verdict};
+use crate::limiter::{Held, Limiter, Plan, Refusal, Verdict};
 use crate::metrics::Metrics;
 use crate::response::{self, RateLimitHeaders};
 
@@ -241,7 +241,7 @@ where
                 let headers = RateLimitHeaders::default();
                 return ResponseFuture::inner(self.inner.call(request), headers, None);
             }
-            Err(_missing_peer) => return ResponseFuture::ready(response::missing_peer_addr()),
+            Err(refusal) => return ResponseFuture::ready(refused(refusal)),
         };
         // A store that answers at once (the memory store) is decided here, and the inner
         // service called straight away: no future to allocate, no state to move through.
@@ -419,6 +419,19 @@ where
             };
             self.as_mut().project().state.set(next);
         }
+    }
+}
+
+/// The answer to a request refused before any store is asked.
+fn refused(refusal: Refusal) -> Response<Full<Bytes>> {
+    match refusal {
+        Refusal::MissingPeer => response::missing_peer_addr(),
+        Refusal::UnreadableCost { what } => response::unreadable_cost(&what),
+        Refusal::CostNeverPasses {
+            rule,
+            cost,
+            capacity,
+        } => response::cost_never_passes(&rule, cost, capacity),
     }
 }
 

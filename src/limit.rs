@@ -10,6 +10,7 @@ use smallvec::SmallVec;
 use tollgate_core::{Algorithm, Quota, QuotaError, Rule};
 
 use crate::error::{BuildError, InvalidQuota};
+use crate::head::RequestHead;
 use crate::key::KeyPart;
 use crate::scope::Scope;
 
@@ -54,7 +55,25 @@ pub struct Limit {
     /// The response statuses that charge the limit; empty: every admitted request is charged
     /// up front, like any limit.
     pub(crate) charge_on: SmallVec<[StatusCode; 2]>,
+    /// Where a request's own cost comes from, if not from the rule.
+    pub(crate) cost_from: Option<CostSource>,
 }
+
+/// What a request's cost is read from: a closure over the request head. `Ok(None)`: the
+/// request does not say, the rule's cost applies; `Err`: it says something unreadable.
+#[derive(Clone)]
+pub(crate) struct CostSource {
+    /// What the 400 names when the cost cannot be read: "the x-batch-size header".
+    pub(crate) what: Arc<str>,
+    pub(crate) read: Arc<CostFn>,
+}
+
+pub(crate) type CostFn = dyn Fn(&RequestHead<'_>) -> Result<Option<u64>, ()> + Send + Sync;
+
+/// The most a header may say a request costs, whatever the limit: far above any quota's
+/// capacity (so a bigger number is refused as never passing, not misread), small enough that
+/// no arithmetic on it overflows.
+const MAX_HEADER_COST: u64 = 1 << 40;
 
 /// The plan a client is on, for a request extension the application's auth inserts once it
 /// knows the client: limits with a quota for the tier ([`Limit::tier`]) apply it to the request.
@@ -203,6 +222,7 @@ impl Limit {
             tiers: Vec::new(),
             identities: Vec::new(),
             charge_on: SmallVec::new(),
+            cost_from: None,
         }
     }
 
@@ -224,6 +244,7 @@ impl Limit {
             tiers: Vec::new(),
             identities: Vec::new(),
             charge_on: SmallVec::new(),
+            cost_from: None,
         }
     }
 }
@@ -248,6 +269,72 @@ impl Limit {
     pub fn cost(mut self, cost: u64) -> Self {
         self.settings.cost = cost;
         self.rebuilt()
+    }
+
+    /// Reads each request's cost from the request (default: every request costs
+    /// [`cost`](Self::cost)): `f` returns the cost, or `None` for the limit's own. A cost of 0
+    /// counts as 1 (a request is never free), and a cost above what the quota can ever admit
+    /// at once gets a 429 that says it can never pass, without a `Retry-After`.
+    ///
+    /// ```
+    /// use tollgate::{KeyPart, Limit, RequestHead};
+    ///
+    /// // A search costs 1; an export costs 10.
+    /// let limit = Limit::per_minute("per_ip", 100)
+    ///     .key(KeyPart::client_ip())
+    ///     .cost_from_fn(|head: &RequestHead<'_>| head.uri().path().starts_with("/export").then_some(10));
+    /// ```
+    pub fn cost_from_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RequestHead<'_>) -> Option<u64> + Send + Sync + 'static,
+    {
+        self.cost_from = Some(CostSource {
+            what: "the request's cost".into(),
+            read: Arc::new(move |head| Ok(f(head))),
+        });
+        self
+    }
+
+    /// Reads each request's cost from the header `name`, a whole number such as a batch size
+    /// (default: every request costs [`cost`](Self::cost)); a request without the header costs
+    /// the limit's own cost. A value that is not a whole number (or is repeated with different
+    /// values) gets a 400 naming the header: a client cannot pay less by sending nonsense. A
+    /// cost of 0 counts as 1, and one above what the quota can ever admit at once gets a 429
+    /// that says it can never pass.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tollgate::{KeyPart, Limit};
+    ///
+    /// let items = Limit::per_minute("items", 1000)
+    ///     .key(KeyPart::client_ip())
+    ///     .cost_header(HeaderName::from_static("x-batch-size"));
+    /// ```
+    pub fn cost_header(mut self, name: http::HeaderName) -> Self {
+        let what: Arc<str> = format!("the {name} header").into();
+        let read = move |head: &RequestHead<'_>| {
+            let mut values = head.headers().get_all(&name).iter();
+            let Some(first) = values.next() else {
+                return Ok(None);
+            };
+            if values.any(|other| other != first) {
+                return Err(());
+            }
+            let text = first.to_str().map_err(|_| ())?.trim();
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            // More digits than fit is more than any limit admits: refused as never passing.
+            Ok(Some(
+                text.parse::<u64>()
+                    .map_or(MAX_HEADER_COST, |c| c.min(MAX_HEADER_COST)),
+            ))
+        };
+        self.cost_from = Some(CostSource {
+            what,
+            read: Arc::new(read),
+        });
+        self
     }
 
     /// Shadow mode: evaluate, count and log, never deny (default: off).

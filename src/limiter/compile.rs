@@ -41,6 +41,8 @@ pub(crate) struct CompiledLimit {
     pub(crate) identities: Box<[(u128, u16)]>,
     /// The statuses that charge the limit after the response; empty: charged up front.
     pub(crate) charge_on: Box<[http::StatusCode]>,
+    /// Where a request's own cost is read from, if anywhere.
+    pub(crate) cost_from: Option<crate::limit::CostSource>,
     pub(crate) counters: Counters,
     /// Shadow denials of this limit: at most one line per second.
     pub(crate) shadow_log: LogThrottle,
@@ -114,6 +116,7 @@ pub(crate) fn limits(
             tiers: per_client.tiers.into_boxed_slice(),
             identities: per_client.identities.into_boxed_slice(),
             charge_on: limit.charge_on.iter().copied().collect(),
+            cost_from: limit.cost_from.clone(),
             counters: Counters::default(),
             shadow_log: LogThrottle::new(LOG_INTERVAL),
         });

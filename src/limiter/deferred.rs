@@ -59,7 +59,7 @@ impl<S: Store> Limiter<S> {
         &self,
         plan: &Plan,
     ) -> (Result<Outcome, S::Error>, Option<Held>) {
-        let all = self.store_checks(plan.checks_slice());
+        let all = self.store_checks(plan, plan.all());
         let peeked = match self.store.peek(&all).await {
             Ok(outcome) if outcome.decisions.len() == all.len() => outcome,
             // `verdict` reports what cannot be used.
@@ -121,12 +121,11 @@ impl<S: Store> Limiter<S> {
     /// Charges the limits the response's `status` counts for, each on its own (one already
     /// spent by requests that ran meanwhile is left as it is: it refuses the next ones).
     pub(crate) async fn charge_deferred(&self, plan: &Plan, status: StatusCode) {
-        for &planned in plan.deferred() {
-            let (id, _) = planned;
-            if !self.limit(id).charge_on.contains(&status) {
+        for i in plan.deferred() {
+            if !self.limit(plan.limit_of(i)).charge_on.contains(&status) {
                 continue;
             }
-            let checks = self.store_checks(&[planned]);
+            let checks = self.store_checks(plan, i..i + 1);
             match self.store.check(&checks, None).await {
                 Ok(_) => {}
                 Err(error) => {

@@ -28,7 +28,7 @@ use crate::route::RoutePattern;
 
 use compile::{CompiledExemptions, CompiledLimit, CompiledSource};
 pub(crate) use deferred::Held;
-pub(crate) use plan::Plan;
+pub(crate) use plan::{Plan, Refusal};
 pub(crate) use verdict::Verdict;
 
 /// At most one line per this interval for each event that can happen on every request.

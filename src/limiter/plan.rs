@@ -1,6 +1,7 @@
 //! Planning: which limits a request meets, and under which keys.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use smallvec::{smallvec, SmallVec};
 use tollgate_core::{Check, Key, Outcome, Replay, Rule, Store};
@@ -22,6 +23,28 @@ pub(crate) struct Plan {
     checks: SmallVec<[(LimitId, Key); 4]>,
     replay: Option<Replay>,
     deferred: usize,
+    /// The checks (by index) whose rule is the request's own, at the cost it declared.
+    costed: SmallVec<[(usize, Rule); 1]>,
+}
+
+/// Why a request is answered before any store is asked.
+pub(crate) enum Refusal {
+    /// The server gives no peer address (a 500: the layer is misconfigured).
+    MissingPeer,
+    /// A limit reads the request's cost and cannot (a 400 naming where it read).
+    UnreadableCost { what: Arc<str> },
+    /// The request's cost is more than a limit can ever admit (a 429 that says so).
+    CostNeverPasses {
+        rule: Box<str>,
+        cost: u64,
+        capacity: u64,
+    },
+}
+
+impl From<MissingPeerAddr> for Refusal {
+    fn from(_: MissingPeerAddr) -> Self {
+        Refusal::MissingPeer
+    }
 }
 
 /// A limit of the limiter that made the plan, and the variant of its rule (the quota) that
@@ -43,19 +66,20 @@ impl Plan {
         self.deferred > 0
     }
 
-    /// Every applicable limit: those charged up front, then those charged by the response.
-    pub(super) fn checks_slice(&self) -> &[(LimitId, Key)] {
-        &self.checks
+    /// Every applicable limit (as indices): those charged up front, then those charged by the
+    /// response.
+    pub(super) fn all(&self) -> std::ops::Range<usize> {
+        0..self.checks.len()
     }
 
     /// The limits charged up front.
-    pub(super) fn upfront(&self) -> &[(LimitId, Key)] {
-        &self.checks[..self.checks.len() - self.deferred]
+    pub(super) fn upfront(&self) -> std::ops::Range<usize> {
+        0..self.checks.len() - self.deferred
     }
 
     /// The limits charged by the response.
-    pub(super) fn deferred(&self) -> &[(LimitId, Key)] {
-        &self.checks[self.checks.len() - self.deferred..]
+    pub(super) fn deferred(&self) -> std::ops::Range<usize> {
+        self.checks.len() - self.deferred..self.checks.len()
     }
 
     /// How many limits apply.
@@ -128,7 +152,7 @@ impl<S> Limiter<S> {
 impl<S: Store> Limiter<S> {
     /// The limits that apply to the request and their keys; `None` when none applies. An error
     /// when a limit needs the client address and the server provides none.
-    pub(crate) fn plan(&self, req: &RequestHead<'_>) -> Result<Option<Plan>, MissingPeerAddr> {
+    pub(crate) fn plan(&self, req: &RequestHead<'_>) -> Result<Option<Plan>, Refusal> {
         let mut parts: SmallVec<[Part; 8]> = smallvec![Part::Unread; self.sources.len()];
         let path = if self.path_scopes {
             scope_path(req)
@@ -141,6 +165,8 @@ impl<S: Store> Limiter<S> {
         }
         let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
         let mut deferred: SmallVec<[(LimitId, Key); 2]> = SmallVec::new();
+        // (deferred?, index among its kind, rule at the request's cost)
+        let mut costed: SmallVec<[(bool, usize, Rule); 1]> = SmallVec::new();
         'limits: for (index, limit) in self.limits.iter().enumerate() {
             let applies = {
                 let mut present = |i| self.part(i, req, &mut parts).map(|p| p.is_some());
@@ -158,11 +184,21 @@ impl<S: Store> Limiter<S> {
                 }
             }
             let variant = variant_for(limit, req, &parts);
-            let check = (LimitId { index, variant }, key.finish());
-            if limit.charge_on.is_empty() {
-                checks.push(check);
-            } else {
+            let id = LimitId { index, variant };
+            let is_deferred = !limit.charge_on.is_empty();
+            if let Some(rule) = self.costed_rule(limit, id, req)? {
+                let at = if is_deferred {
+                    deferred.len()
+                } else {
+                    checks.len()
+                };
+                costed.push((is_deferred, at, rule));
+            }
+            let check = (id, key.finish());
+            if is_deferred {
                 deferred.push(check);
+            } else {
+                checks.push(check);
             }
         }
         if checks.is_empty() && deferred.is_empty() {
@@ -182,12 +218,18 @@ impl<S: Store> Limiter<S> {
                 let route = self.find_route(req).unwrap_or(req.uri().path());
                 idempotency.replay(&self.secret, req, route, checks.iter().map(|&(_, key)| key))
             });
+        let upfront = checks.len();
         let deferred_len = deferred.len();
         checks.extend(deferred);
+        let costed = costed
+            .into_iter()
+            .map(|(is_deferred, at, rule)| (if is_deferred { upfront + at } else { at }, rule))
+            .collect();
         Ok(Some(Plan {
             checks,
             replay,
             deferred: deferred_len,
+            costed,
         }))
     }
 
@@ -223,13 +265,57 @@ impl<S: Store> Limiter<S> {
         Ok(false)
     }
 
-    /// The store's checks for planned limits.
-    pub(super) fn store_checks(&self, planned: &[(LimitId, Key)]) -> SmallVec<[Check<'_>; 4]> {
-        planned
-            .iter()
-            .map(|&(id, key)| Check {
-                rule: self.rule(id).0,
-                key,
+    /// The rule of limit `limit` (as `id` chose its quota) at the cost the request declares,
+    /// when it declares one other than the rule's.
+    fn costed_rule(
+        &self,
+        limit: &CompiledLimit,
+        id: LimitId,
+        req: &RequestHead<'_>,
+    ) -> Result<Option<Rule>, Refusal> {
+        let Some(source) = &limit.cost_from else {
+            return Ok(None);
+        };
+        let rule = self.rule(id).0;
+        let cost = match (source.read)(req) {
+            Ok(Some(cost)) => cost.max(1),
+            Ok(None) => return Ok(None),
+            Err(()) => {
+                return Err(Refusal::UnreadableCost {
+                    what: Arc::clone(&source.what),
+                })
+            }
+        };
+        if cost == rule.cost() {
+            return Ok(None);
+        }
+        rule.with_cost(cost)
+            .map(Some)
+            .map_err(|_| Refusal::CostNeverPasses {
+                rule: rule.name().into(),
+                cost,
+                capacity: rule.algorithm().capacity(rule.quota()),
+            })
+    }
+
+    /// The rule check `i` of `plan` is decided by: its limit's, or the request's own at its cost.
+    pub(super) fn rule_at<'a>(&'a self, plan: &'a Plan, i: usize) -> &'a Rule {
+        match plan.costed.iter().find(|(at, _)| *at == i) {
+            Some((_, rule)) => rule,
+            None => self.rule(plan.checks[i].0).0,
+        }
+    }
+
+    /// The store's checks for the planned limits `range`.
+    pub(super) fn store_checks<'a>(
+        &'a self,
+        plan: &'a Plan,
+        range: std::ops::Range<usize>,
+    ) -> SmallVec<[Check<'a>; 4]> {
+        range
+            .map(|i| Check {
+                rule: self.rule_at(plan, i),
+                key: plan.checks[i].1,
             })
             .collect()
     }
@@ -240,13 +326,15 @@ impl<S: Store> Limiter<S> {
         if plan.has_deferred() {
             return None;
         }
-        self.store
-            .check_immediately(&self.store_checks(plan.upfront()), plan.replay.as_ref())
+        self.store.check_immediately(
+            &self.store_checks(plan, plan.upfront()),
+            plan.replay.as_ref(),
+        )
     }
 
     /// Asks the store about the limits charged up front, charging them.
     pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
-        let checks = self.store_checks(plan.upfront());
+        let checks = self.store_checks(plan, plan.upfront());
         self.store.check(&checks, plan.replay.as_ref()).await
     }
 

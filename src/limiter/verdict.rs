@@ -135,7 +135,7 @@ impl<S: Store> Limiter<S> {
             }
             return unavailable();
         };
-        let (rule, _) = self.rule(plan.limit_of(binding));
+        let rule = self.rule_at(plan, binding);
         let denial = Denial::new(rule, decision, *req);
         tracing::debug!(
             rule = rule.name(),

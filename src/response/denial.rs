@@ -184,6 +184,30 @@ pub(crate) fn missing_peer_addr() -> Response<Full<Bytes>> {
     )
 }
 
+/// `400`: the request says its cost in a form that cannot be read (`what` names where).
+pub(crate) fn unreadable_cost(what: &str) -> Response<Full<Bytes>> {
+    let error = format!("{what} must be one whole number: it is what the request costs");
+    respond(
+        StatusCode::BAD_REQUEST,
+        APPLICATION_JSON,
+        Failure::new(&error).to_bytes(),
+    )
+}
+
+/// `429` without `Retry-After`: the request costs more than the limit ever admits at once, so
+/// no wait would let it pass.
+pub(crate) fn cost_never_passes(rule: &str, cost: u64, capacity: u64) -> Response<Full<Bytes>> {
+    let error = format!(
+        "This request costs {cost}, more than the limit {rule:?} ever admits at once \
+         ({capacity}): it can never pass; split it."
+    );
+    respond(
+        StatusCode::TOO_MANY_REQUESTS,
+        APPLICATION_JSON,
+        Failure::new(&error).to_bytes(),
+    )
+}
+
 /// What the 500 (and the log line) say when no peer address is found.
 pub(crate) const MISSING_PEER_ADDR: &str = "rate limiter misconfigured: the request has no peer address; with axum serve the router with into_make_service_with_connect_info::<SocketAddr>(), with hyper insert the connection's SocketAddr as a request extension";
 

@@ -4,6 +4,7 @@ mod api;
 mod attacks;
 mod charge_on;
 mod config;
+mod cost;
 mod exempt;
 mod hyper_server;
 mod layer;

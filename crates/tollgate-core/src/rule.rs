@@ -118,6 +118,43 @@ impl Rule {
     pub fn honours_replays(&self) -> bool {
         self.inner.replays
     }
+
+    /// This rule at another cost per request, the same in every other respect (its id too, so
+    /// it decides on the same state): for a request whose cost only it knows (a batch size).
+    /// The cost must be at least 1 and at most what the algorithm admits at once.
+    ///
+    /// ```
+    /// use tollgate_core::{Quota, Rule};
+    ///
+    /// let rule = Rule::builder("batch", Quota::per_minute(100)?).build()?;
+    /// let heavy = rule.with_cost(40)?;
+    /// assert_eq!((heavy.cost(), heavy.id()), (40, rule.id()));
+    /// assert!(rule.with_cost(101).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_cost(&self, cost: u64) -> Result<Rule, RuleError> {
+        let capacity = self.algorithm().capacity(self.quota());
+        if cost == 0 {
+            return Err(RuleError::ZeroCost {
+                rule: self.name().to_owned(),
+            });
+        }
+        if cost > capacity {
+            return Err(RuleError::CostAboveCapacity {
+                rule: self.name().to_owned(),
+                cost,
+                capacity,
+                algorithm: self.algorithm().name(),
+            });
+        }
+        Ok(Rule {
+            inner: Arc::new(RuleInner {
+                name: self.inner.name.clone(),
+                cost,
+                ..*self.inner
+            }),
+        })
+    }
 }
 
 impl fmt::Debug for Rule {

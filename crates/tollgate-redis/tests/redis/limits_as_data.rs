@@ -260,3 +260,27 @@ async fn failures_charged_by_the_response_on_redis_never_run_past_the_limit() {
     // Spent in Redis: a good password is refused up front too.
     assert_eq!(statuses(&app, 1, good).await, [429]);
 }
+
+#[tokio::test]
+async fn a_requests_own_cost_on_redis() {
+    let redis = TestRedis::start().await;
+    let layer = RateLimitLayer::builder()
+        .store(store(&redis, "cost").await)
+        .limit(
+            Limit::per_hour("items", 10)
+                .algorithm(Algorithm::SlidingWindow)
+                .key(KeyPart::client_ip())
+                .cost_header(HeaderName::from_static("x-batch-size")),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer);
+    let sized = |n: &'static str| move || from([192, 0, 2, 3], Method::GET, &[("x-batch-size", n)]);
+    assert_eq!(statuses(&app, 3, sized("4")).await, [200, 200, 429]);
+    assert_eq!(statuses(&app, 1, sized("2")).await, [200]);
+    assert_eq!(statuses(&app, 1, sized("1")).await, [429]);
+    assert_eq!(statuses(&app, 1, sized("lots")).await, [400]);
+    assert_eq!(statuses(&app, 1, sized("11")).await, [429]);
+}
