@@ -10,7 +10,7 @@ use crate::error::BuildError;
 use crate::key::{KeyPart, Source};
 use crate::limit::Limit;
 use crate::metrics::Counters;
-use crate::response::policy_item;
+use crate::response::{policy_item, LimitValue};
 use crate::route::RoutePattern;
 use crate::scope::{Scope, ScopeMatcher};
 
@@ -29,6 +29,8 @@ pub(crate) struct CompiledLimit {
     pub(crate) parts: SmallVec<[(usize, bool); 6]>,
     /// The IETF `RateLimit-Policy` item.
     pub(crate) policy: Box<str>,
+    /// `X-RateLimit-Limit`, when this limit binds.
+    pub(crate) limit_value: LimitValue,
     pub(crate) counters: Counters,
     /// Shadow denials of this limit: at most one line per second.
     pub(crate) shadow_log: LogThrottle,
@@ -60,6 +62,7 @@ pub(crate) fn limits(limits: &[Limit], mistakes: &mut Vec<BuildError>) -> Compil
         let Some(rule) = limit.rule() else { continue };
         compiled.push(CompiledLimit {
             policy: policy_item(rule).into_boxed_str(),
+            limit_value: LimitValue::new(rule),
             rule: rule.clone(),
             scope,
             parts,

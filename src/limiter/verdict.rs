@@ -10,7 +10,7 @@ use super::plan::Plan;
 use super::Limiter;
 use crate::head::RequestHead;
 use crate::metrics::bump;
-use crate::response::{unavailable, Denial, RateLimitHeaders, Reported};
+use crate::response::{unavailable, Binding, Denial, RateLimitHeaders, Reported};
 
 /// What to do with a decided request.
 pub(crate) enum Verdict {
@@ -112,7 +112,12 @@ impl<S: Store> Limiter<S> {
                 policy: &limit.policy,
                 decision,
             });
-        self.headers.headers(outcome.binding_decision(), reported)
+        let binding = outcome.binding.zip(outcome.binding_decision());
+        let binding = binding.map(|(i, decision)| Binding {
+            decision,
+            limit: &self.limit(plan.limit_of(i)).limit_value,
+        });
+        self.headers.headers(binding, reported)
     }
 
     /// The refusal of a denied request: the responder's answer to the binding limit (the longest

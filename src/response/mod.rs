@@ -25,5 +25,7 @@ pub use headers::{
 pub(crate) use denial::{
     default_denial, default_responder, missing_peer_addr, unavailable, Responder, MISSING_PEER_ADDR,
 };
-pub(crate) use headers::{policy_item, HeaderWriter, RateLimitHeaders, Reported};
+pub(crate) use headers::{
+    policy_item, Binding, HeaderWriter, LimitValue, RateLimitHeaders, Reported,
+};
 pub(crate) use json::{to_bytes as json_bytes, FailureTemplate};
