@@ -182,7 +182,7 @@ where
         // A store that answers at once (the memory store) is decided here, and the inner
         // service called straight away: no future to allocate, no state to move through.
         if let Some(answer) = limiter.check_immediately(&plan) {
-            return match limiter.verdict(&plan, answer, &head) {
+            return match limiter.verdict(&plan, &answer, &head) {
                 Verdict::Admit(headers) => ResponseFuture::inner(self.inner.call(request), headers),
                 Verdict::Respond(response) => ResponseFuture::ready(response),
             };
@@ -191,7 +191,7 @@ where
         let check: PendingCheck<ReqB> = Box::pin(async move {
             let answer = limiter.check(&plan).await;
             // The request moved into this future: its head is borrowed anew, here.
-            let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
+            let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request));
             (verdict, request)
         });
         // The service made ready by `poll_ready` goes with this request; a clone takes its place.

@@ -21,8 +21,8 @@ pub(crate) enum Verdict {
 }
 
 /// Why a store's answer cannot be used.
-enum Unusable<E> {
-    Failed(E),
+enum Unusable<'a, E> {
+    Failed(&'a E),
     Nonsense(&'static str),
 }
 
@@ -31,25 +31,29 @@ impl<S: Store> Limiter<S> {
     pub(crate) fn verdict(
         &self,
         plan: &Plan,
-        answer: Result<Outcome, S::Error>,
+        answer: &Result<Outcome, S::Error>,
         req: &RequestHead<'_>,
     ) -> Verdict {
         let Some(outcome) = self.usable(plan, answer) else {
             return Verdict::Respond(unavailable());
         };
-        self.count(plan, &outcome);
-        let headers = self.headers_for(plan, &outcome);
+        self.count(plan, outcome);
+        let headers = self.headers_for(plan, outcome);
         if outcome.allowed {
             Verdict::Admit(headers)
         } else {
-            Verdict::Respond(self.deny(plan, &outcome, headers, req))
+            Verdict::Respond(self.deny(plan, outcome, headers, req))
         }
     }
 
     /// The store's outcome, if it is an answer to this plan: one decision per check, and a
     /// binding decision among them. Otherwise it is logged, counted as an error of every
     /// applicable limit, and `None` (the client gets a 503).
-    fn usable(&self, plan: &Plan, answer: Result<Outcome, S::Error>) -> Option<Outcome> {
+    fn usable<'a>(
+        &self,
+        plan: &Plan,
+        answer: &'a Result<Outcome, S::Error>,
+    ) -> Option<&'a Outcome> {
         let unusable = match answer {
             Ok(outcome) if outcome.decisions.len() != plan.len() => {
                 Unusable::Nonsense("answered with the wrong number of decisions")
