@@ -6,6 +6,7 @@
 //! slices of one static table, and each limit's own `X-RateLimit-Limit` is rendered once, so the
 //! common path formats nothing and allocates at most once (for a large `X-RateLimit-Remaining`).
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,10 +94,10 @@ impl RateLimitHeaders {
         {
             set(X_RATELIMIT_LIMIT, limit);
             set(X_RATELIMIT_REMAINING, number(remaining));
-            set(X_RATELIMIT_RESET, number(reset));
+            set(X_RATELIMIT_RESET, seconds(reset));
         }
         if let Some(wait) = self.retry_after {
-            set(RETRY_AFTER, number(wait));
+            set(RETRY_AFTER, seconds(wait));
         }
         if let Some(ietf) = self.ietf {
             let [policy, state] = *ietf;
@@ -308,6 +309,37 @@ const fn width(n: u64) -> usize {
     match n.checked_ilog10() {
         Some(log) => log as usize + 1,
         None => 1,
+    }
+}
+
+/// A count of seconds as a header value. Seconds repeat from one request to the next (a reset,
+/// a flood's `Retry-After`, a Unix time change once a second), so the last large one each thread
+/// rendered is kept and a repeat copies no bytes.
+fn seconds(n: u64) -> HeaderValue {
+    if n < STATIC_NUMBERS {
+        return number(n);
+    }
+    thread_local! {
+        static LAST: Repeated<HeaderValue> = const { Repeated::new() };
+    }
+    LAST.with(|last| last.get(n, number))
+}
+
+/// The last value a thread made from a number that tends to repeat, kept for the next request.
+pub(crate) struct Repeated<T>(RefCell<Option<(u64, T)>>);
+
+impl<T: Clone> Repeated<T> {
+    pub(crate) const fn new() -> Self {
+        Self(RefCell::new(None))
+    }
+
+    /// The value of `n`: the kept one if it is `n`'s, else `make(n)`, which is kept.
+    pub(crate) fn get(&self, n: u64, make: impl FnOnce(u64) -> T) -> T {
+        let mut last = self.0.borrow_mut();
+        match &*last {
+            Some((m, value)) if *m == n => value.clone(),
+            _ => last.insert((n, make(n))).1.clone(),
+        }
     }
 }
 
