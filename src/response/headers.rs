@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::thread::LocalKey;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, RETRY_AFTER};
@@ -93,11 +94,11 @@ impl RateLimitHeaders {
         }) = self.figures
         {
             set(X_RATELIMIT_LIMIT, limit);
-            set(X_RATELIMIT_REMAINING, number(remaining));
-            set(X_RATELIMIT_RESET, seconds(reset));
+            set(X_RATELIMIT_REMAINING, repeating(&REMAINING, remaining));
+            set(X_RATELIMIT_RESET, repeating(&SECONDS, reset));
         }
         if let Some(wait) = self.retry_after {
-            set(RETRY_AFTER, seconds(wait));
+            set(RETRY_AFTER, repeating(&SECONDS, wait));
         }
         if let Some(ietf) = self.ietf {
             let [policy, state] = *ietf;
@@ -312,33 +313,53 @@ const fn width(n: u64) -> usize {
     }
 }
 
-/// A count of seconds as a header value. Seconds repeat from one request to the next (a reset,
-/// a flood's `Retry-After`, a Unix time change once a second), so the last large one each thread
-/// rendered is kept and a repeat copies no bytes.
-fn seconds(n: u64) -> HeaderValue {
+/// A figure that tends to repeat from one request to the next as a header value: a count of
+/// seconds (a reset, a flood's `Retry-After`, a Unix time: they change once a second), or a
+/// `remaining` that stays put (GCRA far from its limit). Each thread keeps the last large one
+/// it saw twice in a row, so a repeat copies no bytes; `slot` keeps one kind of figure apart
+/// from another.
+fn repeating(slot: &'static LocalKey<Repeated<HeaderValue>>, n: u64) -> HeaderValue {
     if n < STATIC_NUMBERS {
         return number(n);
     }
-    thread_local! {
-        static LAST: Repeated<HeaderValue> = const { Repeated::new() };
-    }
-    LAST.with(|last| last.get(n, number))
+    slot.with(|last| last.get(n, number))
 }
 
-/// The last value a thread made from a number that tends to repeat, kept for the next request.
-pub(crate) struct Repeated<T>(RefCell<Option<(u64, T)>>);
+thread_local! {
+    static SECONDS: Repeated<HeaderValue> = const { Repeated::new() };
+    static REMAINING: Repeated<HeaderValue> = const { Repeated::new() };
+}
+
+/// The last value a thread made from a number that tends to repeat, for the next request.
+pub(crate) struct Repeated<T>(RefCell<Last<T>>);
+
+enum Last<T> {
+    Nothing,
+    /// Seen once: kept if it comes again (keeping a value that does not repeat costs more than
+    /// making it).
+    Seen(u64),
+    Kept(u64, T),
+}
 
 impl<T: Clone> Repeated<T> {
     pub(crate) const fn new() -> Self {
-        Self(RefCell::new(None))
+        Self(RefCell::new(Last::Nothing))
     }
 
-    /// The value of `n`: the kept one if it is `n`'s, else `make(n)`, which is kept.
+    /// The value of `n`: the kept one if it is `n`'s, else `make(n)`, kept if `n` repeats.
     pub(crate) fn get(&self, n: u64, make: impl FnOnce(u64) -> T) -> T {
         let mut last = self.0.borrow_mut();
         match &*last {
-            Some((m, value)) if *m == n => value.clone(),
-            _ => last.insert((n, make(n))).1.clone(),
+            Last::Kept(m, value) if *m == n => value.clone(),
+            Last::Seen(m) if *m == n => {
+                let value = make(n);
+                *last = Last::Kept(n, value.clone());
+                value
+            }
+            _ => {
+                *last = Last::Seen(n);
+                make(n)
+            }
         }
     }
 }
@@ -395,6 +416,19 @@ mod tests {
         }
         for n in 0..STATIC_NUMBERS + 10 {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn repeated_figures_keep_their_value() {
+        for n in [
+            5, 20_000, 20_000, 20_000, 30_000, 20_000, 30_000, 30_000, 9_999, 30_000,
+        ] {
+            assert_eq!(repeating(&SECONDS, n).to_str().unwrap(), n.to_string());
+            assert_eq!(
+                repeating(&REMAINING, n + 1).to_str().unwrap(),
+                (n + 1).to_string()
+            );
         }
     }
 
