@@ -181,8 +181,10 @@ where
         };
         // A store that answers at once (the memory store) is decided here, and the inner
         // service called straight away: no future to allocate, no state to move through.
-        if let Some(answer) = limiter.check_immediately(&plan) {
-            return match limiter.verdict(&plan, &answer, &head) {
+        // Bound in place (`ref`): moving the answer (a 256-byte `Outcome`) costs more than
+        // reading it.
+        if let Some(ref answer) = limiter.check_immediately(&plan) {
+            return match limiter.verdict(&plan, answer, &head) {
                 Verdict::Admit(headers) => ResponseFuture::inner(self.inner.call(request), headers),
                 Verdict::Respond(response) => ResponseFuture::ready(response),
             };
