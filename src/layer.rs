@@ -245,7 +245,9 @@ where
         };
         // A store that answers at once (the memory store) is decided here, and the inner
         // service called straight away: no future to allocate, no state to move through.
-        if let Some(answer) = limiter.check_immediately(&plan) {
+        // Bound in place (`ref`): moving the answer (a 256-byte `Outcome`) costs more than
+        // reading it.
+        if let Some(ref answer) = limiter.check_immediately(&plan) {
             return match limiter.verdict(&plan, answer, &head) {
                 Verdict::Admit(headers) => {
                     ResponseFuture::inner(self.inner.call(request), headers, None)
@@ -257,7 +259,7 @@ where
         let check: PendingCheck<ReqB> = if plan.has_deferred() {
             Box::pin(async move {
                 let (answer, held) = limiter.decide_deferred(&plan).await;
-                let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
+                let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request));
                 let charge = match (&verdict, held) {
                     (Verdict::Admit(_), Some(held)) => Some(charge(limiter, plan, held)),
                     _ => None,
@@ -268,7 +270,7 @@ where
             Box::pin(async move {
                 let answer = limiter.check(&plan).await;
                 // The request moved into this future: its head is borrowed anew, here.
-                let verdict = limiter.verdict(&plan, answer, &RequestHead::of(&request));
+                let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request));
                 (verdict, None, request)
             })
         };

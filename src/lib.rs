@@ -43,6 +43,8 @@
 //!   [`RateLimitBuilder::routes`] and insert the peer `SocketAddr` as a request extension.
 
 #![warn(missing_docs, missing_debug_implementations)]
+// docs.rs (`--cfg docsrs`, see Cargo.toml) marks the items a feature gates.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod builder;

@@ -132,20 +132,31 @@ impl RoutePattern {
         let Some(body) = path.strip_prefix('/') else {
             return false;
         };
-        let mut parts = body.split('/');
+        // What follows the last `/` read; `None` once the path is used up. A literal is
+        // compared in place (it holds no `/`), so only a parameter looks for the next `/`.
+        let mut rest = Some(body);
         for segment in self.segments.iter() {
-            let Some(part) = parts.next() else {
+            let Some(here) = rest else {
                 return false;
             };
-            let ok = match segment {
-                Segment::Literal(lit) => **lit == *part,
-                Segment::Param => !part.is_empty(),
+            rest = match segment {
+                Segment::Literal(lit) => match here.strip_prefix(&**lit) {
+                    Some("") => None,
+                    Some(after) => match after.strip_prefix('/') {
+                        Some(next) => Some(next),
+                        None => return false,
+                    },
+                    None => return false,
+                },
+                Segment::Param => match here.split_once('/') {
+                    Some(("", _)) => return false,
+                    Some((_, next)) => Some(next),
+                    None if here.is_empty() => return false,
+                    None => None,
+                },
             };
-            if !ok {
-                return false;
-            }
         }
-        self.rest || parts.next().is_none()
+        self.rest || rest.is_none()
     }
 
     /// The pattern as written: the route template a matched request is keyed by.

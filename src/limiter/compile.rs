@@ -13,7 +13,7 @@ use crate::exempt::{value_digest, Exemptions, Predicate};
 use crate::key::{KeyPart, Source};
 use crate::limit::Limit;
 use crate::metrics::Counters;
-use crate::response::policy_item;
+use crate::response::{policy_item, LimitValue};
 use crate::route::RoutePattern;
 use crate::scope::{Scope, ScopeMatcher};
 
@@ -43,6 +43,8 @@ pub(crate) struct CompiledLimit {
     pub(crate) charge_on: Box<[http::StatusCode]>,
     /// Where a request's own cost is read from, if anywhere.
     pub(crate) cost_from: Option<crate::limit::CostSource>,
+    /// `X-RateLimit-Limit`, when this limit binds.
+    pub(crate) limit_value: LimitValue,
     pub(crate) counters: Counters,
     /// Shadow denials of this limit: at most one line per second.
     pub(crate) shadow_log: LogThrottle,
@@ -109,6 +111,7 @@ pub(crate) fn limits(
         let per_client = per_client_quotas(limit, &parts, &sources, secret);
         compiled.push(CompiledLimit {
             policy: policy_item(rule).into_boxed_str(),
+            limit_value: LimitValue::new(rule),
             rule: rule.clone(),
             scope,
             parts,

@@ -10,7 +10,7 @@ use super::plan::Plan;
 use super::Limiter;
 use crate::head::RequestHead;
 use crate::metrics::bump;
-use crate::response::{unavailable, Denial, RateLimitHeaders, Reported};
+use crate::response::{unavailable, Binding, Denial, RateLimitHeaders, Reported};
 
 /// What to do with a decided request.
 pub(crate) enum Verdict {
@@ -21,8 +21,8 @@ pub(crate) enum Verdict {
 }
 
 /// Why a store's answer cannot be used.
-enum Unusable<E> {
-    Failed(E),
+enum Unusable<'a, E> {
+    Failed(&'a E),
     Nonsense(&'static str),
 }
 
@@ -31,25 +31,29 @@ impl<S: Store> Limiter<S> {
     pub(crate) fn verdict(
         &self,
         plan: &Plan,
-        answer: Result<Outcome, S::Error>,
+        answer: &Result<Outcome, S::Error>,
         req: &RequestHead<'_>,
     ) -> Verdict {
         let Some(outcome) = self.usable(plan, answer) else {
             return Verdict::Respond(unavailable());
         };
-        self.count(plan, &outcome);
-        let headers = self.headers_for(plan, &outcome);
+        self.count(plan, outcome);
+        let headers = self.headers_for(plan, outcome);
         if outcome.allowed {
             Verdict::Admit(headers)
         } else {
-            Verdict::Respond(self.deny(plan, &outcome, headers, req))
+            Verdict::Respond(self.deny(plan, outcome, headers, req))
         }
     }
 
     /// The store's outcome, if it is an answer to this plan: one decision per check, and a
     /// binding decision among them. Otherwise it is logged, counted as an error of every
     /// applicable limit, and `None` (the client gets a 503).
-    fn usable(&self, plan: &Plan, answer: Result<Outcome, S::Error>) -> Option<Outcome> {
+    fn usable<'a>(
+        &self,
+        plan: &Plan,
+        answer: &'a Result<Outcome, S::Error>,
+    ) -> Option<&'a Outcome> {
         let unusable = match answer {
             Ok(outcome) if outcome.decisions.len() != plan.len() => {
                 Unusable::Nonsense("answered with the wrong number of decisions")
@@ -113,7 +117,12 @@ impl<S: Store> Limiter<S> {
                 policy,
                 decision,
             });
-        self.headers.headers(outcome.binding_decision(), reported)
+        let binding = outcome.binding.zip(outcome.binding_decision());
+        let binding = binding.map(|(i, decision)| Binding {
+            decision,
+            limit: &self.limit(plan.limit_of(i)).limit_value,
+        });
+        self.headers.headers(binding, reported)
     }
 
     /// The refusal of a denied request: the responder's answer to the binding limit (the longest

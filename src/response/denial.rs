@@ -13,7 +13,7 @@ use http_body_util::Full;
 use serde::Serialize;
 use tollgate_core::{Decision, Rule};
 
-use super::headers::retry_after_secs;
+use super::headers::{retry_after_secs, Repeated};
 use super::json::{self, Failure, FailureTemplate};
 use crate::head::RequestHead;
 
@@ -155,8 +155,13 @@ pub(crate) fn default_responder() -> Responder {
 /// The default 429: `{"success": false, "error": "Rate limit exceeded. Retry after N."}`.
 pub(crate) fn default_denial(denial: &Denial<'_>) -> Response<Full<Bytes>> {
     static BODY: OnceLock<FailureTemplate> = OnceLock::new();
+    // In a flood of denials the wait changes once a second: the body is made once a second.
+    thread_local! {
+        static LAST: Repeated<Bytes> = const { Repeated::new() };
+    }
     let body = BODY.get_or_init(|| FailureTemplate::new("Rate limit exceeded. Retry after ", "."));
-    denial.json_bytes(body.with(denial.retry_after_secs()))
+    let bytes = LAST.with(|last| last.get(denial.retry_after_secs(), |n| body.with(n)));
+    denial.json_bytes(bytes)
 }
 
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {

@@ -2,11 +2,13 @@
 //! response is written.
 //!
 //! Options ([`HeaderStyle`], [`ResetFormat`], `Access-Control-Expose-Headers`) are fixed when the
-//! layer is built; header names and static values are precomputed, and small numbers come from a
-//! shared table, so the common path formats nothing.
+//! layer is built; header names and static values are precomputed, numbers below 10,000 are
+//! slices of one static table, and each limit's own `X-RateLimit-Limit` is rendered once, so the
+//! common path formats nothing and allocates at most once (for a large `X-RateLimit-Remaining`).
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::thread::LocalKey;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, RETRY_AFTER};
@@ -67,7 +69,7 @@ pub enum ResetFormat {
 #[derive(Debug, Default)]
 pub(crate) struct RateLimitHeaders {
     /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
-    figures: Option<[u64; 3]>,
+    figures: Option<Figures>,
     retry_after: Option<u64>,
     /// `RateLimit-Policy` and `RateLimit`.
     ietf: Option<Box<[HeaderValue; 2]>>,
@@ -85,13 +87,18 @@ impl RateLimitHeaders {
                 slot.insert(value);
             }
         };
-        if let Some([limit, remaining, reset]) = self.figures {
-            set(X_RATELIMIT_LIMIT, number(limit));
-            set(X_RATELIMIT_REMAINING, number(remaining));
-            set(X_RATELIMIT_RESET, number(reset));
+        if let Some(Figures {
+            limit,
+            remaining,
+            reset,
+        }) = self.figures
+        {
+            set(X_RATELIMIT_LIMIT, limit);
+            set(X_RATELIMIT_REMAINING, repeating(&REMAINING, remaining));
+            set(X_RATELIMIT_RESET, repeating(&SECONDS, reset));
         }
         if let Some(wait) = self.retry_after {
-            set(RETRY_AFTER, number(wait));
+            set(RETRY_AFTER, repeating(&SECONDS, wait));
         }
         if let Some(ietf) = self.ietf {
             let [policy, state] = *ietf;
@@ -102,6 +109,49 @@ impl RateLimitHeaders {
             target.append(ACCESS_CONTROL_EXPOSE_HEADERS, expose);
         }
     }
+}
+
+/// The `X-RateLimit-*` figures: the limit already a value (see [`LimitValue`]).
+#[derive(Debug)]
+struct Figures {
+    limit: HeaderValue,
+    remaining: u64,
+    reset: u64,
+}
+
+/// A limit's `X-RateLimit-Limit`, rendered when the layer is built: the figure its decisions
+/// report (the quota's limit, or its burst for GCRA) does not change from one request to the
+/// next. Cloning it copies no bytes.
+pub(crate) struct LimitValue {
+    rendered: SmallVec<[(u64, HeaderValue); 2]>,
+}
+
+impl LimitValue {
+    pub(crate) fn new(rule: &Rule) -> Self {
+        let quota = rule.quota();
+        let mut rendered = SmallVec::new();
+        for n in [quota.limit(), quota.burst()] {
+            // Numbers of the static table cost nothing to make.
+            if n >= STATIC_NUMBERS && !rendered.iter().any(|&(m, _)| m == n) {
+                rendered.push((n, number(n)));
+            }
+        }
+        Self { rendered }
+    }
+
+    /// `n` as a header value: the one rendered at build time, if it is `n`.
+    fn get(&self, n: u64) -> HeaderValue {
+        self.rendered
+            .iter()
+            .find(|&&(m, _)| m == n)
+            .map_or_else(|| number(n), |(_, value)| value.clone())
+    }
+}
+
+/// The binding decision, and its limit's rendered `X-RateLimit-Limit`.
+pub(crate) struct Binding<'a> {
+    pub(crate) decision: &'a Decision,
+    pub(crate) limit: &'a LimitValue,
 }
 
 /// One applicable enforced check, as the header writer sees it.
@@ -145,20 +195,24 @@ impl HeaderWriter {
     /// IETF fields, and `Retry-After` when denied.
     pub(crate) fn headers<'a>(
         &self,
-        binding: Option<&Decision>,
+        binding: Option<Binding<'_>>,
         applicable: impl Iterator<Item = Reported<'a>>,
     ) -> RateLimitHeaders {
         let mut out = RateLimitHeaders {
             expose: self.expose.clone(),
             ..RateLimitHeaders::default()
         };
-        if let Some(d) = binding {
+        if let Some(Binding { decision: d, limit }) = binding {
             if self.style.x_ratelimit() {
                 let reset = match self.reset {
                     ResetFormat::DeltaSeconds => ceil_secs(d.reset_after),
                     ResetFormat::UnixTime => unix_secs_ceil(d.reset_after),
                 };
-                out.figures = Some([d.limit, d.remaining, reset]);
+                out.figures = Some(Figures {
+                    limit: limit.get(d.limit),
+                    remaining: d.remaining,
+                    reset,
+                });
             }
             out.retry_after = d.retry_after.map(retry_after_secs);
         }
@@ -216,18 +270,114 @@ fn unix_secs_ceil(after: Duration) -> u64 {
     ceil_secs(now.saturating_add(after))
 }
 
-/// Numbers below this come from a shared table: cloning a cached value copies no bytes.
-const CACHED_NUMBERS: u64 = 1024;
+/// Numbers below this are slices of [`DIGITS`].
+const STATIC_NUMBERS: u64 = 10_000;
 
-/// A number as a header value.
-fn number(n: u64) -> HeaderValue {
-    static SMALL: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
-    let table = SMALL.get_or_init(|| (0..CACHED_NUMBERS).map(HeaderValue::from).collect());
-    usize::try_from(n)
-        .ok()
-        .and_then(|i| table.get(i))
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from(n))
+/// Every number below [`STATIC_NUMBERS`] written out, shortest first, with nothing between:
+/// `0123456789101112…9999`.
+static DIGITS: &str = match std::str::from_utf8(&DIGIT_BYTES) {
+    Ok(digits) => digits,
+    Err(_) => panic!("digits are ASCII"),
+};
+
+static DIGIT_BYTES: [u8; DIGITS_LEN] = digits();
+
+/// `10 * 1 + 90 * 2 + 900 * 3 + 9000 * 4`.
+const DIGITS_LEN: usize = 38_890;
+
+/// For each width (1 to 4 digits): where its numbers start in [`DIGITS`], and its first number.
+const WIDTH_STARTS: [(usize, u64); 4] = [(0, 0), (10, 10), (190, 100), (2_890, 1_000)];
+
+const fn digits() -> [u8; DIGITS_LEN] {
+    let mut out = [0u8; DIGITS_LEN];
+    let (mut n, mut at) = (0u64, 0usize);
+    while n < STATIC_NUMBERS {
+        let width = width(n);
+        let (mut rest, mut i) = (n, width);
+        while i > 0 {
+            i -= 1;
+            out[at + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        at += width;
+        n += 1;
+    }
+    out
+}
+
+/// How many decimal digits `n` has.
+const fn width(n: u64) -> usize {
+    match n.checked_ilog10() {
+        Some(log) => log as usize + 1,
+        None => 1,
+    }
+}
+
+/// A figure that tends to repeat from one request to the next as a header value: a count of
+/// seconds (a reset, a flood's `Retry-After`, a Unix time: they change once a second), or a
+/// `remaining` that stays put (GCRA far from its limit). Each thread keeps the last large one
+/// it saw twice in a row, so a repeat copies no bytes; `slot` keeps one kind of figure apart
+/// from another.
+fn repeating(slot: &'static LocalKey<Repeated<HeaderValue>>, n: u64) -> HeaderValue {
+    if n < STATIC_NUMBERS {
+        return number(n);
+    }
+    slot.with(|last| last.get(n, number))
+}
+
+thread_local! {
+    static SECONDS: Repeated<HeaderValue> = const { Repeated::new() };
+    static REMAINING: Repeated<HeaderValue> = const { Repeated::new() };
+}
+
+/// The last value a thread made from a number that tends to repeat, for the next request.
+pub(crate) struct Repeated<T>(RefCell<Last<T>>);
+
+enum Last<T> {
+    Nothing,
+    /// Seen once: kept if it comes again (keeping a value that does not repeat costs more than
+    /// making it).
+    Seen(u64),
+    Kept(u64, T),
+}
+
+impl<T: Clone> Repeated<T> {
+    pub(crate) const fn new() -> Self {
+        Self(RefCell::new(Last::Nothing))
+    }
+
+    /// The value of `n`: the kept one if it is `n`'s, else `make(n)`, kept if `n` repeats.
+    pub(crate) fn get(&self, n: u64, make: impl FnOnce(u64) -> T) -> T {
+        let mut last = self.0.borrow_mut();
+        match &*last {
+            Last::Kept(m, value) if *m == n => value.clone(),
+            Last::Seen(m) if *m == n => {
+                let value = make(n);
+                *last = Last::Kept(n, value.clone());
+                value
+            }
+            _ => {
+                *last = Last::Seen(n);
+                make(n)
+            }
+        }
+    }
+}
+
+/// A number as a header value. Below [`STATIC_NUMBERS`], a slice of a static table: no
+/// allocation, and clones share nothing that must be counted. Above, one buffer of the
+/// exact size (a `HeaderValue` holds `Bytes`, which cannot hold bytes inline).
+pub(crate) fn number(n: u64) -> HeaderValue {
+    if n < STATIC_NUMBERS {
+        let width = width(n);
+        let (start, first) = WIDTH_STARTS[width - 1];
+        let at = start + (n - first) as usize * width;
+        if let Some(text) = DIGITS.get(at..at + width) {
+            return HeaderValue::from_static(text);
+        }
+    }
+    let mut digits = itoa::Buffer::new();
+    HeaderValue::from_str(digits.format(n)).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 #[cfg(test)]
@@ -247,8 +397,38 @@ mod tests {
 
     #[test]
     fn numbers() {
-        for n in [0, 1, 599, 1023, 1024, 99_999, u64::MAX] {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            599,
+            1023,
+            1024,
+            9_999,
+            10_000,
+            99_999,
+            u64::MAX,
+        ] {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+        for n in 0..STATIC_NUMBERS + 10 {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn repeated_figures_keep_their_value() {
+        for n in [
+            5, 20_000, 20_000, 20_000, 30_000, 20_000, 30_000, 30_000, 9_999, 30_000,
+        ] {
+            assert_eq!(repeating(&SECONDS, n).to_str().unwrap(), n.to_string());
+            assert_eq!(
+                repeating(&REMAINING, n + 1).to_str().unwrap(),
+                (n + 1).to_string()
+            );
         }
     }
 

@@ -116,12 +116,14 @@ impl FailureTemplate {
         }
     }
 
-    /// The body with `n` in its place.
+    /// The body with `n` in its place, in a buffer of the exact size (so that `Bytes` takes it
+    /// over without allocating again).
     pub(crate) fn with(&self, n: u64) -> Bytes {
-        use std::io::Write as _;
-        let mut out = Vec::with_capacity(self.before.len() + 20 + self.after.len());
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n).as_bytes();
+        let mut out = Vec::with_capacity(self.before.len() + digits.len() + self.after.len());
         out.extend_from_slice(&self.before);
-        let _ = write!(out, "{n}");
+        out.extend_from_slice(digits);
         out.extend_from_slice(&self.after);
         Bytes::from(out)
     }

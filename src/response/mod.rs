@@ -26,5 +26,7 @@ pub(crate) use denial::{
     cost_never_passes, default_denial, default_responder, missing_peer_addr, unavailable,
     unreadable_cost, Responder, MISSING_PEER_ADDR,
 };
-pub(crate) use headers::{policy_item, HeaderWriter, RateLimitHeaders, Reported};
+pub(crate) use headers::{
+    policy_item, Binding, HeaderWriter, LimitValue, RateLimitHeaders, Reported,
+};
 pub(crate) use json::{to_bytes as json_bytes, FailureTemplate};

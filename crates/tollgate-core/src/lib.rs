@@ -33,10 +33,13 @@
 //! ```
 
 #![warn(missing_docs)]
+// docs.rs (`--cfg docsrs`, see Cargo.toml) marks the items a feature gates.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod algorithm;
 mod clock;
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod decision;
 mod key;
