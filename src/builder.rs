@@ -17,7 +17,7 @@ use crate::idempotency::Idempotency;
 use crate::key::KeyPart;
 use crate::layer::RateLimitLayer;
 use crate::limit::Limit;
-use crate::limiter::Limiter;
+use crate::limiter::{erase_client_quotas, Limiter, LoadQuotas};
 use crate::response::{Denial, HeaderStyle, ResetFormat, Responder};
 
 /// Set once the public default secret has been warned about.
@@ -64,6 +64,7 @@ pub(crate) struct Settings {
     pub(crate) routes: Vec<String>,
     pub(crate) idempotency: Option<Idempotency>,
     pub(crate) exempt: Exemptions,
+    pub(crate) client_quotas: Option<(LoadQuotas, std::time::Duration)>,
     pub(crate) style: HeaderStyle,
     pub(crate) reset: ResetFormat,
     pub(crate) expose: bool,
@@ -99,6 +100,7 @@ impl RateLimitBuilder<MemoryStore> {
                 routes: Vec::new(),
                 idempotency: None,
                 exempt: Exemptions::default(),
+                client_quotas: None,
                 style: HeaderStyle::default(),
                 reset: ResetFormat::default(),
                 expose: false,
@@ -134,6 +136,24 @@ impl<S: Store> RateLimitBuilder<S> {
     /// Adds several limits, in order.
     pub fn limits(self, limits: impl IntoIterator<Item = Limit>) -> Self {
         limits.into_iter().fold(self, Self::limit)
+    }
+
+    /// Reads client quotas that an operator changes at runtime from `source` (for a fleet, the
+    /// Redis-backed `tollgate_redis::RedisClientQuotas`), again every `refresh`: a change
+    /// reaches every instance within one interval. A client quota there wins over those given
+    /// in code ([`Limit::quota_for`], [`Limit::tier`]); it applies to limits keyed by one part,
+    /// whose value's digest ([`RateLimitLayer::client_digest`]) names the client. Until the
+    /// first read completes, and while reads fail, the last table read (at first none) stays.
+    /// The layer must be built inside a Tokio runtime (the reads run on it).
+    ///
+    /// [`RateLimitLayer::client_digest`]: crate::RateLimitLayer::client_digest
+    pub fn client_quotas<Q: tollgate_core::ClientQuotas>(
+        mut self,
+        source: Q,
+        refresh: std::time::Duration,
+    ) -> Self {
+        self.settings.client_quotas = Some((erase_client_quotas(source), refresh));
+        self
     }
 
     /// Lets a request that repeats an idempotency key already charged for the same request

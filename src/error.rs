@@ -71,6 +71,9 @@ pub enum BuildError {
         /// What is wrong, and what to do instead.
         reason: String,
     },
+    /// Client quotas read at runtime cannot be set up.
+    #[error("client quotas: {0}")]
+    ClientQuotas(String),
     /// The idempotency settings were out of bounds.
     #[error("idempotency: {0}")]
     Idempotency(String),

@@ -122,6 +122,30 @@ impl<S: Store> RateLimitLayer<S> {
         self.limiter.load().metrics()
     }
 
+    /// The digest that names a client in limit `limit`: that of `value` (the header, query or
+    /// token text) as the limit's one key part, keyed by the layer's secret. A
+    /// [`ClientQuota`](tollgate_core::ClientQuota) for this client names it so; `None` when
+    /// no limit of that name is keyed by exactly one part.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use tollgate::{KeyPart, Limit, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .limit(Limit::per_minute("per_key", 600).key(KeyPart::header(HeaderName::from_static("x-api-key"))))
+    ///     .build()?;
+    /// let client = layer.client_digest("per_key", "enterprise-demo").unwrap();
+    /// assert_eq!(client.to_hex().len(), 32);
+    /// # Ok::<(), tollgate::BuildError>(())
+    /// ```
+    pub fn client_digest(
+        &self,
+        limit: &str,
+        value: impl AsRef<[u8]>,
+    ) -> Option<tollgate_core::Key> {
+        self.limiter.load().client_digest(limit, value.as_ref())
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

@@ -72,9 +72,9 @@ mod scope;
 pub use tollgate_core;
 
 pub use tollgate_core::{
-    Algorithm, Check, Clock, Decision, Key, KeyBuilder, KeySecret, ManualClock, MemoryStore,
-    MemoryStoreBuilder, Outcome, ParseQuotaError, Quota, QuotaError, Replay, Rule, RuleBuilder,
-    RuleError, Store, SystemClock,
+    Algorithm, Check, ClientQuota, ClientQuotas, Clock, Decision, Key, KeyBuilder, KeySecret,
+    ManualClock, MemoryStore, MemoryStoreBuilder, Outcome, ParseQuotaError, Quota, QuotaError,
+    Replay, Rule, RuleBuilder, RuleError, Store, SystemClock,
 };
 
 pub use body::ResponseBody;

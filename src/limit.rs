@@ -388,17 +388,17 @@ impl Limit {
         self.rule = self
             .settings
             .rule(&self.name)
-            .and_then(|rule| self.per_client_mistake().map_or(Ok(rule), Err));
+            .and_then(|rule| self.per_client_mistake(&rule).map_or(Ok(rule), Err));
         self
     }
 
     /// A tier or client quota that cannot apply: one the rule cannot take (a cost above what
     /// it admits), client quotas on a limit not keyed by exactly one part, an empty value.
-    fn per_client_mistake(&self) -> Option<BuildError> {
+    fn per_client_mistake(&self, rule: &Rule) -> Option<BuildError> {
         let quotas = self.tiers.iter().map(|(_, q)| q);
         let quotas = quotas.chain(self.identities.iter().map(|(_, q)| q));
-        if let Some(mistake) = quotas.filter_map(|q| self.rule_with(*q).err()).next() {
-            return Some(mistake);
+        if let Some(mistake) = quotas.filter_map(|q| rule.with_quota(*q).err()).next() {
+            return Some(mistake.into());
         }
         let reason = if self.identities.is_empty() {
             return None;
@@ -476,17 +476,6 @@ impl Limit {
     pub fn quota_for(mut self, value: impl AsRef<[u8]>, quota: Quota) -> Self {
         self.identities.push((value.as_ref().into(), quota));
         self.rebuilt()
-    }
-
-    /// The limit's rule with `quota` instead of its own: what a tier or a client's quota
-    /// applies, under the same name (so the same state).
-    pub(crate) fn rule_with(&self, quota: Quota) -> Result<Rule, BuildError> {
-        let settings = Settings {
-            quota: Ok(quota),
-            burst: None,
-            ..self.settings.clone()
-        };
-        settings.rule(&self.name)
     }
 }
 

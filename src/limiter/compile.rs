@@ -169,7 +169,7 @@ fn per_client_quotas(
 ) -> PerClient {
     let mut variants = Vec::new();
     let mut variant = |quota| {
-        let rule = limit.rule_with(quota).ok()?;
+        let rule = limit.rule()?.with_quota(quota).ok()?;
         let policy = policy_item(&rule).into_boxed_str();
         variants.push(Variant { rule, policy });
         // Bounded by the number of quotas a builder was given; u16 is plenty.

@@ -11,6 +11,7 @@
 mod compile;
 mod deferred;
 mod plan;
+mod shared;
 mod verdict;
 
 use std::sync::atomic::AtomicBool;
@@ -29,6 +30,7 @@ use crate::route::RoutePattern;
 use compile::{CompiledExemptions, CompiledLimit, CompiledSource};
 pub(crate) use deferred::Held;
 pub(crate) use plan::{Plan, Refusal};
+pub(crate) use shared::{erase as erase_client_quotas, LoadQuotas};
 pub(crate) use verdict::Verdict;
 
 /// At most one line per this interval for each event that can happen on every request.
@@ -59,6 +61,8 @@ pub(crate) struct Limiter<S> {
     store_log: LogThrottle,
     /// Requests in flight for limits charged by the response.
     in_flight: Arc<deferred::InFlight>,
+    /// Client quotas read at runtime, if the builder named a source.
+    shared: Option<Arc<shared::SharedQuotas>>,
 }
 
 impl<S: Store> Limiter<S> {
@@ -88,6 +92,14 @@ impl<S: Store> Limiter<S> {
             mistakes.push(e);
         }
         BuildError::check(mistakes)?;
+        let shared = match &settings.client_quotas {
+            Some((load, refresh)) => Some(shared::SharedQuotas::start(
+                Arc::clone(load),
+                *refresh,
+                &compiled.limits,
+            )?),
+            None => None,
+        };
         Ok(Self {
             store,
             secret: settings.secret,
@@ -105,11 +117,22 @@ impl<S: Store> Limiter<S> {
             warned_no_route: AtomicBool::new(false),
             store_log: LogThrottle::new(LOG_INTERVAL),
             in_flight: Arc::default(),
+            shared,
         })
     }
 }
 
 impl<S> Limiter<S> {
+    /// The digest [`ClientQuota::client`](tollgate_core::ClientQuota) names a client by: that
+    /// of `value` as the one key part of limit `name`.
+    pub(crate) fn client_digest(&self, name: &str, value: &[u8]) -> Option<tollgate_core::Key> {
+        let limit = self.limits.iter().find(|l| l.rule.name() == name)?;
+        let [(part, _)] = limit.parts[..] else {
+            return None;
+        };
+        crate::exempt::value_digest(&self.secret, &self.sources[part].tag, value)
+    }
+
     /// The rules, in the order the limits were added.
     pub(crate) fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.limits.iter().map(|l| &l.rule)

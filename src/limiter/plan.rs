@@ -23,8 +23,17 @@ pub(crate) struct Plan {
     checks: SmallVec<[(LimitId, Key); 4]>,
     replay: Option<Replay>,
     deferred: usize,
-    /// The checks (by index) whose rule is the request's own, at the cost it declared.
-    costed: SmallVec<[(usize, Rule); 1]>,
+    /// The checks (by index) whose rule is the request's own: at the cost it declared, or at
+    /// the client's quota read at runtime (with that quota's policy item).
+    own: SmallVec<[OwnRule; 1]>,
+}
+
+/// Check `at`'s rule for this request alone, and its policy item when not the limit's.
+#[derive(Clone)]
+struct OwnRule {
+    at: usize,
+    rule: Rule,
+    policy: Option<Arc<str>>,
 }
 
 /// Why a request is answered before any store is asked.
@@ -165,8 +174,8 @@ impl<S: Store> Limiter<S> {
         }
         let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
         let mut deferred: SmallVec<[(LimitId, Key); 2]> = SmallVec::new();
-        // (deferred?, index among its kind, rule at the request's cost)
-        let mut costed: SmallVec<[(bool, usize, Rule); 1]> = SmallVec::new();
+        // (deferred?, index among its kind, the request's own rule, its policy if not the limit's)
+        let mut own: SmallVec<[(bool, OwnRule); 1]> = SmallVec::new();
         'limits: for (index, limit) in self.limits.iter().enumerate() {
             let applies = {
                 let mut present = |i| self.part(i, req, &mut parts).map(|p| p.is_some());
@@ -186,13 +195,22 @@ impl<S: Store> Limiter<S> {
             let variant = variant_for(limit, req, &parts);
             let id = LimitId { index, variant };
             let is_deferred = !limit.charge_on.is_empty();
-            if let Some(rule) = self.costed_rule(limit, id, req)? {
-                let at = if is_deferred {
-                    deferred.len()
-                } else {
-                    checks.len()
-                };
-                costed.push((is_deferred, at, rule));
+            // A client quota read at runtime wins over those given in code.
+            let shared = self.shared_rule(limit, index, &parts);
+            let base = shared.as_ref().map_or(self.rule(id).0, |(rule, _)| rule);
+            let costed = self.costed_rule(limit, base, req)?;
+            let at = if is_deferred {
+                deferred.len()
+            } else {
+                checks.len()
+            };
+            let rule = match (costed, shared) {
+                (Some(rule), shared) => Some((rule, shared.map(|s| s.1))),
+                (None, Some((rule, policy))) => Some((rule, Some(policy))),
+                (None, None) => None,
+            };
+            if let Some((rule, policy)) = rule {
+                own.push((is_deferred, OwnRule { at, rule, policy }));
             }
             let check = (id, key.finish());
             if is_deferred {
@@ -221,15 +239,22 @@ impl<S: Store> Limiter<S> {
         let upfront = checks.len();
         let deferred_len = deferred.len();
         checks.extend(deferred);
-        let costed = costed
+        let own = own
             .into_iter()
-            .map(|(is_deferred, at, rule)| (if is_deferred { upfront + at } else { at }, rule))
+            .map(|(is_deferred, own)| OwnRule {
+                at: if is_deferred {
+                    upfront + own.at
+                } else {
+                    own.at
+                },
+                ..own
+            })
             .collect();
         Ok(Some(Plan {
             checks,
             replay,
             deferred: deferred_len,
-            costed,
+            own,
         }))
     }
 
@@ -265,18 +290,34 @@ impl<S: Store> Limiter<S> {
         Ok(false)
     }
 
-    /// The rule of limit `limit` (as `id` chose its quota) at the cost the request declares,
-    /// when it declares one other than the rule's.
+    /// The client's rule in limit `index`, when a quota of its own was read at runtime.
+    fn shared_rule(
+        &self,
+        limit: &CompiledLimit,
+        index: usize,
+        parts: &[Part],
+    ) -> Option<(Rule, Arc<str>)> {
+        let shared = self.shared.as_ref()?;
+        let [(part, _)] = limit.parts[..] else {
+            return None;
+        };
+        match parts[part] {
+            Part::Present(key) => shared.get(index, key.as_u128()),
+            _ => None,
+        }
+    }
+
+    /// `rule` (the limit's, at the quota that applies) at the cost the request declares, when
+    /// it declares one other than the rule's.
     fn costed_rule(
         &self,
         limit: &CompiledLimit,
-        id: LimitId,
+        rule: &Rule,
         req: &RequestHead<'_>,
     ) -> Result<Option<Rule>, Refusal> {
         let Some(source) = &limit.cost_from else {
             return Ok(None);
         };
-        let rule = self.rule(id).0;
         let cost = match (source.read)(req) {
             Ok(Some(cost)) => cost.max(1),
             Ok(None) => return Ok(None),
@@ -298,11 +339,13 @@ impl<S: Store> Limiter<S> {
             })
     }
 
-    /// The rule check `i` of `plan` is decided by: its limit's, or the request's own at its cost.
-    pub(super) fn rule_at<'a>(&'a self, plan: &'a Plan, i: usize) -> &'a Rule {
-        match plan.costed.iter().find(|(at, _)| *at == i) {
-            Some((_, rule)) => rule,
-            None => self.rule(plan.checks[i].0).0,
+    /// The rule check `i` of `plan` is decided by, and its policy item: its limit's, or the
+    /// request's own (at its cost, or at the client's quota read at runtime).
+    pub(super) fn rule_at<'a>(&'a self, plan: &'a Plan, i: usize) -> (&'a Rule, &'a str) {
+        let (rule, policy) = self.rule(plan.checks[i].0);
+        match plan.own.iter().find(|own| own.at == i) {
+            Some(own) => (&own.rule, own.policy.as_deref().unwrap_or(policy)),
+            None => (rule, policy),
         }
     }
 
@@ -314,7 +357,7 @@ impl<S: Store> Limiter<S> {
     ) -> SmallVec<[Check<'a>; 4]> {
         range
             .map(|i| Check {
-                rule: self.rule_at(plan, i),
+                rule: self.rule_at(plan, i).0,
                 key: plan.checks[i].1,
             })
             .collect()

@@ -107,9 +107,8 @@ impl<S: Store> Limiter<S> {
 
     /// The rate-limit headers: the binding decision's figures, every enforced limit's policy.
     fn headers_for(&self, plan: &Plan, outcome: &Outcome) -> RateLimitHeaders {
-        let reported = plan
-            .checks()
-            .map(|(id, _)| self.rule(id))
+        let reported = (0..plan.len())
+            .map(|i| self.rule_at(plan, i))
             .zip(&outcome.decisions)
             .filter(|((rule, _), _)| !rule.is_shadow())
             .map(|((rule, policy), decision)| Reported {
@@ -144,7 +143,7 @@ impl<S: Store> Limiter<S> {
             }
             return unavailable();
         };
-        let rule = self.rule_at(plan, binding);
+        let (rule, _) = self.rule_at(plan, binding);
         let denial = Denial::new(rule, decision, *req);
         tracing::debug!(
             rule = rule.name(),

@@ -130,3 +130,78 @@ fn client_quotas_need_one_key_part_and_quotas_that_fit_the_cost() {
         "{secret_in_debug}"
     );
 }
+
+/// A source of client quotas an operator edits while the server runs (in a fleet, Redis:
+/// `tollgate_redis::RedisClientQuotas`, tested on real Redis in that crate).
+#[derive(Clone, Default)]
+struct OperatorTable(std::sync::Arc<std::sync::Mutex<Vec<tollgate::ClientQuota>>>);
+
+impl tollgate::ClientQuotas for OperatorTable {
+    type Error = std::convert::Infallible;
+
+    async fn load(&self) -> Result<Vec<tollgate::ClientQuota>, Self::Error> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+}
+
+/// Sends as `key` until its `X-RateLimit-Limit` is `want` (the refresh is 20 ms; 2 s at most).
+async fn until_limit(client: &TestClient, key: &'static [u8], want: &str) {
+    for _ in 0..100 {
+        let reply = client.send(Method::GET, "/", &[("x-api-key", key)]).await;
+        if reply.header("x-ratelimit-limit") == Some(want) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the limit never became {want}");
+}
+
+#[tokio::test]
+async fn an_operators_client_quota_applies_at_runtime_and_wins_over_the_codes() {
+    let table = OperatorTable::default();
+    let layer = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("per_key", 1000)
+                .key(api_key())
+                .quota_for("enterprise-demo", Quota::per_minute(5000).unwrap()),
+        )
+        .client_quotas(table.clone(), std::time::Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(layer.clone());
+    let client = TestClient::new(serve_axum(app).await);
+    until_limit(&client, b"enterprise-demo", "5000").await;
+
+    let digest = |value| layer.client_digest("per_key", value).unwrap();
+    let quota = |n| Quota::per_minute(n).unwrap();
+    let entry = |value, n| tollgate::ClientQuota {
+        rule: "per_key".into(),
+        client: digest(value),
+        quota: quota(n),
+    };
+    *table.0.lock().unwrap() = vec![entry("enterprise-demo", 9000), entry("trial", 10)];
+    until_limit(&client, b"enterprise-demo", "9000").await;
+    until_limit(&client, b"trial", "10").await;
+    let other = client
+        .send(Method::GET, "/", &[("x-api-key", b"someone")])
+        .await;
+    assert_eq!(other.header("x-ratelimit-limit"), Some("1000"));
+    // Taken away: back to the quotas given in code.
+    table.0.lock().unwrap().clear();
+    until_limit(&client, b"enterprise-demo", "5000").await;
+    until_limit(&client, b"trial", "1000").await;
+    assert_eq!(layer.client_digest("no_such_limit", "x"), None);
+}
+
+#[test]
+fn client_quotas_need_a_runtime_to_read_them() {
+    let err = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_key", 5).key(api_key()))
+        .client_quotas(OperatorTable::default(), std::time::Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::ClientQuotas(_)), "{err}");
+    assert!(err.to_string().contains("Tokio runtime"), "{err}");
+}

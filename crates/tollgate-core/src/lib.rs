@@ -37,6 +37,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod algorithm;
+mod client_quotas;
 mod clock;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -50,6 +51,7 @@ mod store;
 mod throttle;
 
 pub use algorithm::Algorithm;
+pub use client_quotas::{ClientQuota, ClientQuotas};
 pub use clock::{Clock, ManualClock, Nanos, SystemClock};
 pub use decision::{Decision, Decisions, Outcome};
 pub use key::{Key, KeyBuilder, KeySecret};

@@ -133,7 +133,27 @@ impl Rule {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn with_cost(&self, cost: u64) -> Result<Rule, RuleError> {
-        let capacity = self.algorithm().capacity(self.quota());
+        self.variant(*self.quota(), cost)
+    }
+
+    /// This rule under another quota, the same in every other respect (its id too, so it
+    /// decides on the same state): a quota one client gets. Its cost must still fit what the
+    /// algorithm admits at once under `quota`.
+    ///
+    /// ```
+    /// use tollgate_core::{Quota, Rule};
+    ///
+    /// let rule = Rule::builder("per_key", Quota::per_minute(600)?).build()?;
+    /// let enterprise = rule.with_quota(Quota::per_minute(6000)?)?;
+    /// assert_eq!((enterprise.quota().limit(), enterprise.id()), (6000, rule.id()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_quota(&self, quota: Quota) -> Result<Rule, RuleError> {
+        self.variant(quota, self.cost())
+    }
+
+    fn variant(&self, quota: Quota, cost: u64) -> Result<Rule, RuleError> {
+        let capacity = self.algorithm().capacity(&quota);
         if cost == 0 {
             return Err(RuleError::ZeroCost {
                 rule: self.name().to_owned(),
@@ -150,6 +170,7 @@ impl Rule {
         Ok(Rule {
             inner: Arc::new(RuleInner {
                 name: self.inner.name.clone(),
+                quota,
                 cost,
                 ..*self.inner
             }),

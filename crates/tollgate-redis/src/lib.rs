@@ -180,6 +180,7 @@
 
 #![warn(missing_docs)]
 
+mod client_quotas;
 mod connection;
 mod deny_cache;
 mod error;
@@ -188,6 +189,7 @@ mod script;
 mod stats;
 mod store;
 
+pub use client_quotas::RedisClientQuotas;
 pub use connection::{redact_url, RedisConnection};
 pub use error::RedisStoreError;
 pub use policy::{BreakerConfig, FailurePolicy};

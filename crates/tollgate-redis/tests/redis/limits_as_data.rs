@@ -284,3 +284,95 @@ async fn a_requests_own_cost_on_redis() {
     assert_eq!(statuses(&app, 1, sized("lots")).await, [400]);
     assert_eq!(statuses(&app, 1, sized("11")).await, [429]);
 }
+
+/// Two instances of an API read client quotas from one Redis hash: an operator's change
+/// reaches both within a refresh, and the hash names clients by digest only.
+#[tokio::test]
+async fn client_quotas_shared_through_redis_reach_every_instance() {
+    let redis = TestRedis::start().await;
+    let connection = tollgate_redis::RedisConnection::connect(redis.url())
+        .await
+        .unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("quotas{nanos:x}");
+    let quotas = tollgate_redis::RedisClientQuotas::new(connection.clone(), &prefix);
+    let api_key = || KeyPart::header(HeaderName::from_static("x-api-key"));
+    let instance = || {
+        RateLimitLayer::builder()
+            .store(
+                RedisStore::builder(connection.clone())
+                    .prefix(&prefix)
+                    .build(),
+            )
+            .limit(Limit::per_hour("per_key", 100).key(api_key()))
+            .client_quotas(quotas.clone(), Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (instance(), instance());
+    let apps: Vec<Router> = [&one, &two]
+        .into_iter()
+        .map(|layer| {
+            Router::new()
+                .route("/", get(|| async { "ok" }))
+                .layer(layer.clone())
+        })
+        .collect();
+    let limit_seen = |app: Router| async move {
+        let req = from(
+            [192, 0, 2, 5],
+            Method::GET,
+            &[("x-api-key", "enterprise-demo")],
+        );
+        let response = app.oneshot(req).await.unwrap();
+        response.headers()["x-ratelimit-limit"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(limit_seen(apps[0].clone()).await, "100");
+
+    let client = one.client_digest("per_key", "enterprise-demo").unwrap();
+    assert_eq!(
+        two.client_digest("per_key", "enterprise-demo"),
+        Some(client)
+    );
+    quotas
+        .set("per_key", client, Quota::per_hour(6000).unwrap())
+        .await
+        .unwrap();
+    for app in &apps {
+        let mut seen = String::new();
+        for _ in 0..100 {
+            seen = limit_seen(app.clone()).await;
+            if seen == "6000" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            seen, "6000",
+            "the operator's quota never reached an instance"
+        );
+    }
+    // No raw identity in the hash: the field is the rule and the digest.
+    let fields = scan_keys(&mut redis.admin().await, &format!("{prefix}:client_quotas")).await;
+    assert_eq!(fields.len(), 1);
+    let mut admin = redis.admin().await;
+    let all: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(quotas.key())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        all,
+        [(
+            format!("per_key:{}", client.to_hex()),
+            "6000/hour".to_owned()
+        )]
+    );
+    assert!(quotas.remove("per_key", client).await.unwrap());
+}
