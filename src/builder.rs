@@ -65,6 +65,7 @@ pub(crate) struct Settings {
     pub(crate) idempotency: Option<Idempotency>,
     pub(crate) exempt: Exemptions,
     pub(crate) client_quotas: Option<(LoadQuotas, std::time::Duration)>,
+    pub(crate) near_limit_percent: u8,
     pub(crate) style: HeaderStyle,
     pub(crate) reset: ResetFormat,
     pub(crate) expose: bool,
@@ -101,6 +102,7 @@ impl RateLimitBuilder<MemoryStore> {
                 idempotency: None,
                 exempt: Exemptions::default(),
                 client_quotas: None,
+                near_limit_percent: 20,
                 style: HeaderStyle::default(),
                 reset: ResetFormat::default(),
                 expose: false,
@@ -392,6 +394,15 @@ impl<S: Store> RateLimitBuilder<S> {
     /// How `X-RateLimit-Reset` is written (default: delta seconds).
     pub fn reset_format(mut self, format: ResetFormat) -> Self {
         self.settings.reset = format;
+        self
+    }
+
+    /// An admitted request that leaves less than `percent` of a limit is *near the limit*
+    /// (default 20, Envoy's near-limit signal): counted in
+    /// [`LimitMetrics::near_limit`](crate::LimitMetrics::near_limit) and, with the `metrics`
+    /// feature, `tollgate_near_limit_total{rule}`. Above 100 is taken as 100.
+    pub fn near_limit_percent(mut self, percent: u8) -> Self {
+        self.settings.near_limit_percent = percent.min(100);
         self
     }
 

@@ -1,15 +1,31 @@
 //! Counters of what the limiter decided, per limit: cheap atomics, read through
-//! [`RateLimitLayer::metrics`](crate::RateLimitLayer::metrics).
+//! [`RateLimitLayer::metrics`](crate::RateLimitLayer::metrics); and, with the `metrics` feature,
+//! the same events through the [`metrics`](https://docs.rs/metrics) facade, so any exporter
+//! (Prometheus, StatsD, ...) sees them:
+//!
+//! | name | kind | labels | counts |
+//! | --- | --- | --- | --- |
+//! | `tollgate_decisions_total` | counter | `rule`, `outcome` | each limit's decision of a request: `allowed`, `denied`, `shadow_denied`, `error` (the store failed); `outcome="exempt"` (with `rule=""`) for exempt requests |
+//! | `tollgate_near_limit_total` | counter | `rule` | admitted requests that left less than the near-limit share (default 20%) of the limit: customers about to be limited |
+//! | `tollgate_replays_total` | counter | | requests admitted free as idempotent replays |
+//! | `tollgate_store_seconds` | histogram | `store`, `op` | the store's time to decide (`op="check"`) or to peek (`op="peek"`, limits charged by the response) |
+//!
+//! Labels are rule names and fixed words only: never a client's identity. The handles are
+//! registered when the layer is built, with the recorder installed then (install the exporter
+//! first); the snapshot counts the same events, so both always agree.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Live counters of one limit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) allowed: AtomicU64,
     pub(crate) denied: AtomicU64,
     pub(crate) shadow_denied: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) near_limit: AtomicU64,
+    exported: exported::Limit,
 }
 
 /// Counts one more event: the one way every counter here moves.
@@ -18,6 +34,42 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
+    pub(crate) fn new(rule: &str) -> Self {
+        Self {
+            allowed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            shadow_denied: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            near_limit: AtomicU64::new(0),
+            exported: exported::Limit::new(rule),
+        }
+    }
+
+    pub(crate) fn allowed(&self) {
+        bump(&self.allowed);
+        self.exported.allowed();
+    }
+
+    pub(crate) fn denied(&self) {
+        bump(&self.denied);
+        self.exported.denied();
+    }
+
+    pub(crate) fn shadow_denied(&self) {
+        bump(&self.shadow_denied);
+        self.exported.shadow_denied();
+    }
+
+    pub(crate) fn error(&self) {
+        bump(&self.errors);
+        self.exported.error();
+    }
+
+    pub(crate) fn near_limit(&self) {
+        bump(&self.near_limit);
+        self.exported.near_limit();
+    }
+
     pub(crate) fn snapshot(&self, name: &str) -> LimitMetrics {
         LimitMetrics {
             name: name.to_owned(),
@@ -25,19 +77,58 @@ impl Counters {
             denied: self.denied.load(Ordering::Relaxed),
             shadow_denied: self.shadow_denied.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            near_limit: self.near_limit.load(Ordering::Relaxed),
         }
     }
 }
 
 /// Live counters of the whole layer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LayerCounters {
     pub(crate) replayed: AtomicU64,
     pub(crate) exempt: AtomicU64,
     pub(crate) misconfigured: AtomicU64,
+    exported: exported::Layer,
+}
+
+/// A store operation whose time is measured.
+#[derive(Clone, Copy)]
+pub(crate) enum StoreOp {
+    Check,
+    Peek,
 }
 
 impl LayerCounters {
+    /// The counters of a layer on the store called `store` (`Store::NAME`).
+    pub(crate) fn new(store: &'static str) -> Self {
+        Self {
+            replayed: AtomicU64::new(0),
+            exempt: AtomicU64::new(0),
+            misconfigured: AtomicU64::new(0),
+            exported: exported::Layer::new(store),
+        }
+    }
+
+    pub(crate) fn replay(&self) {
+        bump(&self.replayed);
+        self.exported.replay();
+    }
+
+    pub(crate) fn exempted(&self) {
+        bump(&self.exempt);
+        self.exported.exempt();
+    }
+
+    /// Starts timing a store operation (nothing without the `metrics` feature).
+    pub(crate) fn stopwatch(&self) -> exported::Stopwatch {
+        exported::Stopwatch::start()
+    }
+
+    /// Records the time of a store operation started at `watch`.
+    pub(crate) fn store_time(&self, op: StoreOp, watch: exported::Stopwatch) {
+        self.exported.store_time(op, watch.elapsed());
+    }
+
     pub(crate) fn replayed(&self) -> u64 {
         self.replayed.load(Ordering::Relaxed)
     }
@@ -48,6 +139,140 @@ impl LayerCounters {
 
     pub(crate) fn misconfigured(&self) -> u64 {
         self.misconfigured.load(Ordering::Relaxed)
+    }
+}
+
+/// The exported handles: registered once, at build, so a request only increments.
+#[cfg(feature = "metrics")]
+mod exported {
+    use super::{Duration, StoreOp};
+    use metrics::{counter, histogram, Counter, Histogram};
+
+    const DECISIONS: &str = "tollgate_decisions_total";
+
+    #[derive(Debug)]
+    pub(crate) struct Limit {
+        allowed: Counter,
+        denied: Counter,
+        shadow_denied: Counter,
+        error: Counter,
+        near_limit: Counter,
+    }
+
+    impl Limit {
+        pub(crate) fn new(rule: &str) -> Self {
+            let outcome =
+                |o: &'static str| counter!(DECISIONS, "rule" => rule.to_owned(), "outcome" => o);
+            Self {
+                allowed: outcome("allowed"),
+                denied: outcome("denied"),
+                shadow_denied: outcome("shadow_denied"),
+                error: outcome("error"),
+                near_limit: counter!("tollgate_near_limit_total", "rule" => rule.to_owned()),
+            }
+        }
+        pub(crate) fn allowed(&self) {
+            self.allowed.increment(1);
+        }
+        pub(crate) fn denied(&self) {
+            self.denied.increment(1);
+        }
+        pub(crate) fn shadow_denied(&self) {
+            self.shadow_denied.increment(1);
+        }
+        pub(crate) fn error(&self) {
+            self.error.increment(1);
+        }
+        pub(crate) fn near_limit(&self) {
+            self.near_limit.increment(1);
+        }
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct Layer {
+        exempt: Counter,
+        replays: Counter,
+        check: Histogram,
+        peek: Histogram,
+    }
+
+    impl Layer {
+        pub(crate) fn new(store: &'static str) -> Self {
+            let seconds = |op: &'static str| histogram!("tollgate_store_seconds", "store" => store, "op" => op);
+            Self {
+                exempt: counter!(DECISIONS, "rule" => "", "outcome" => "exempt"),
+                replays: counter!("tollgate_replays_total"),
+                check: seconds("check"),
+                peek: seconds("peek"),
+            }
+        }
+        pub(crate) fn exempt(&self) {
+            self.exempt.increment(1);
+        }
+        pub(crate) fn replay(&self) {
+            self.replays.increment(1);
+        }
+        pub(crate) fn store_time(&self, op: StoreOp, time: Duration) {
+            match op {
+                StoreOp::Check => self.check.record(time.as_secs_f64()),
+                StoreOp::Peek => self.peek.record(time.as_secs_f64()),
+            }
+        }
+    }
+
+    /// When a store operation started.
+    pub(crate) struct Stopwatch(std::time::Instant);
+
+    impl Stopwatch {
+        pub(crate) fn start() -> Self {
+            Self(std::time::Instant::now())
+        }
+        pub(crate) fn elapsed(&self) -> Duration {
+            self.0.elapsed()
+        }
+    }
+}
+
+/// Without the `metrics` feature: nothing to register, nothing to time.
+#[cfg(not(feature = "metrics"))]
+mod exported {
+    use super::{Duration, StoreOp};
+
+    #[derive(Debug)]
+    pub(crate) struct Limit;
+
+    impl Limit {
+        pub(crate) fn new(_rule: &str) -> Self {
+            Self
+        }
+        pub(crate) fn allowed(&self) {}
+        pub(crate) fn denied(&self) {}
+        pub(crate) fn shadow_denied(&self) {}
+        pub(crate) fn error(&self) {}
+        pub(crate) fn near_limit(&self) {}
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct Layer;
+
+    impl Layer {
+        pub(crate) fn new(_store: &'static str) -> Self {
+            Self
+        }
+        pub(crate) fn exempt(&self) {}
+        pub(crate) fn replay(&self) {}
+        pub(crate) fn store_time(&self, _op: StoreOp, _time: Duration) {}
+    }
+
+    pub(crate) struct Stopwatch;
+
+    impl Stopwatch {
+        pub(crate) fn start() -> Self {
+            Self
+        }
+        pub(crate) fn elapsed(&self) -> Duration {
+            Duration::ZERO
+        }
     }
 }
 
@@ -65,6 +290,9 @@ pub struct LimitMetrics {
     pub shadow_denied: u64,
     /// Requests it applied to that the store could not decide (answered 503).
     pub errors: u64,
+    /// Admitted requests that left less than the near-limit share of the limit
+    /// ([`RateLimitBuilder::near_limit_percent`](crate::RateLimitBuilder::near_limit_percent)).
+    pub near_limit: u64,
 }
 
 /// A snapshot of the layer's counters; see [`RateLimitLayer::metrics`](crate::RateLimitLayer::metrics).

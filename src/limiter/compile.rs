@@ -120,7 +120,7 @@ pub(crate) fn limits(
             identities: per_client.identities.into_boxed_slice(),
             charge_on: limit.charge_on.iter().copied().collect(),
             cost_from: limit.cost_from.clone(),
-            counters: Counters::default(),
+            counters: Counters::new(rule.name()),
             shadow_log: LogThrottle::new(LOG_INTERVAL),
         });
     }

@@ -13,6 +13,7 @@ use tollgate_core::{Decision, Outcome, Store};
 
 use super::plan::Plan;
 use super::Limiter;
+use crate::metrics::StoreOp;
 
 /// What a request refused because its place is taken by requests in flight is told to wait:
 /// about the time one of them takes to answer.
@@ -60,7 +61,10 @@ impl<S: Store> Limiter<S> {
         plan: &Plan,
     ) -> (Result<Outcome, S::Error>, Option<Held>) {
         let all = self.store_checks(plan, plan.all());
-        let peeked = match self.store.peek(&all).await {
+        let watch = self.counters.stopwatch();
+        let peeked = self.store.peek(&all).await;
+        self.counters.store_time(StoreOp::Peek, watch);
+        let peeked = match peeked {
             Ok(outcome) if outcome.decisions.len() == all.len() => outcome,
             // `verdict` reports what cannot be used.
             other => return (other, None),

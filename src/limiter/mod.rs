@@ -59,6 +59,8 @@ pub(crate) struct Limiter<S> {
     warned_no_route: AtomicBool,
     /// Store failures and answers that make no sense: at most one line per second.
     store_log: LogThrottle,
+    /// Admitted requests leaving less than this percentage of a limit are near the limit.
+    near_limit_percent: u8,
     /// Requests in flight for limits charged by the response.
     in_flight: Arc<deferred::InFlight>,
     /// Client quotas read at runtime, if the builder named a source.
@@ -112,7 +114,8 @@ impl<S: Store> Limiter<S> {
             idempotency: settings.idempotency,
             headers: HeaderWriter::new(settings.style, settings.reset, settings.expose),
             responder: settings.responder.unwrap_or_else(default_responder),
-            counters: LayerCounters::default(),
+            counters: LayerCounters::new(S::NAME),
+            near_limit_percent: settings.near_limit_percent,
             warned_no_peer: AtomicBool::new(false),
             warned_no_route: AtomicBool::new(false),
             store_log: LogThrottle::new(LOG_INTERVAL),

@@ -12,7 +12,7 @@ use crate::client_ip::MissingPeerAddr;
 use crate::head::RequestHead;
 use crate::key::{bearer_tokens, header_values, push_values, query_values, Source};
 use crate::limit::Tier;
-use crate::metrics::bump;
+use crate::metrics::{bump, StoreOp};
 use crate::response::MISSING_PEER_ADDR;
 use crate::route::RoutePattern;
 
@@ -169,7 +169,7 @@ impl<S: Store> Limiter<S> {
             ""
         };
         if self.is_exempt(req, &mut parts)? {
-            bump(&self.counters.exempt);
+            self.counters.exempted();
             return Ok(None);
         }
         let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
@@ -369,16 +369,25 @@ impl<S: Store> Limiter<S> {
         if plan.has_deferred() {
             return None;
         }
-        self.store.check_immediately(
+        let watch = self.counters.stopwatch();
+        let answer = self.store.check_immediately(
             &self.store_checks(plan, plan.upfront()),
             plan.replay.as_ref(),
-        )
+        );
+        // Timed only when it answered: a store that sends the caller to `check` is timed there.
+        if answer.is_some() {
+            self.counters.store_time(StoreOp::Check, watch);
+        }
+        answer
     }
 
     /// Asks the store about the limits charged up front, charging them.
     pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
         let checks = self.store_checks(plan, plan.upfront());
-        self.store.check(&checks, plan.replay.as_ref()).await
+        let watch = self.counters.stopwatch();
+        let answer = self.store.check(&checks, plan.replay.as_ref()).await;
+        self.counters.store_time(StoreOp::Check, watch);
+        answer
     }
 
     /// The digest of key part `i` (a number the compiled limits and scopes hold, so an index

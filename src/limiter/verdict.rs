@@ -9,7 +9,6 @@ use tollgate_core::{Outcome, Store};
 use super::plan::Plan;
 use super::Limiter;
 use crate::head::RequestHead;
-use crate::metrics::bump;
 use crate::response::{unavailable, Binding, Denial, RateLimitHeaders, Reported};
 
 /// What to do with a decided request.
@@ -76,7 +75,7 @@ impl<S: Store> Limiter<S> {
                 ),
             }
         }
-        self.applied(plan).for_each(|l| bump(&l.counters.errors));
+        self.applied(plan).for_each(|l| l.counters.error());
         None
     }
 
@@ -85,7 +84,7 @@ impl<S: Store> Limiter<S> {
         for (limit, decision) in self.applied(plan).zip(&outcome.decisions) {
             let counters = &limit.counters;
             if limit.rule.is_shadow() && !decision.allowed {
-                bump(&counters.shadow_denied);
+                counters.shadow_denied();
                 if let Some(suppressed) = limit.shadow_log.permit() {
                     tracing::info!(
                         rule = limit.rule.name(),
@@ -95,14 +94,23 @@ impl<S: Store> Limiter<S> {
                     );
                 }
             } else if outcome.allowed {
-                bump(&counters.allowed);
+                counters.allowed();
+                if self.is_near_limit(decision) {
+                    counters.near_limit();
+                }
             } else if !decision.allowed {
-                bump(&counters.denied);
+                counters.denied();
             }
         }
         if outcome.replayed {
-            bump(&self.counters.replayed);
+            self.counters.replay();
         }
+    }
+
+    /// Whether an admitted decision leaves less than the near-limit share of its limit.
+    fn is_near_limit(&self, decision: &tollgate_core::Decision) -> bool {
+        u128::from(decision.remaining) * 100
+            < u128::from(decision.limit) * u128::from(self.near_limit_percent)
     }
 
     /// The rate-limit headers: the binding decision's figures, every enforced limit's policy.

@@ -8,6 +8,7 @@ mod cost;
 mod exempt;
 mod hyper_server;
 mod layer;
+mod metrics;
 mod per_client;
 mod reload;
 mod secrets;

@@ -911,6 +911,7 @@ impl Tables {
 
 impl<C: Clock> Store for MemoryStore<C> {
     type Error = std::convert::Infallible;
+    const NAME: &'static str = "memory";
 
     fn check(
         &self,

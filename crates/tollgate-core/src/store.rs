@@ -46,6 +46,9 @@ pub trait Store: Send + Sync + 'static {
     /// default [`KeySecret`](crate::KeySecret). Default: `false`.
     const SHARED: bool = false;
 
+    /// A short fixed name for the store in metrics labels (`memory`, `redis`). Default: `custom`.
+    const NAME: &'static str = "custom";
+
     /// Decides a request that must pass every check, charging every rule's cost if and only if no
     /// enforced rule denies it. Shadow rules are charged when they admit, and never deny.
     ///

@@ -552,6 +552,7 @@ fn open_outcome(checks: &[Check<'_>]) -> Outcome {
 impl Store for RedisStore {
     type Error = RedisStoreError;
     const SHARED: bool = true;
+    const NAME: &'static str = "redis";
 
     fn check(
         &self,
