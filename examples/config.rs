@@ -21,8 +21,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tollgate::config::{Config, ConfigError};
-use tollgate::{RateLimitLayer, Store};
+use tollgate::{RateLimitLayer, RequestHead, Store};
 use tollgate_redis::{RedisConnection, RedisStore};
 
 #[tokio::main]
@@ -38,6 +39,8 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // The exporter first: the layer registers its metrics when it is built.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
     let path = config_path();
     let config = Config::from_path(&path)?;
     println!("limits: {}", path.display());
@@ -46,11 +49,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let store = RedisStore::builder(RedisConnection::connect(url.as_str()).await?).build();
             store.load_script().await?;
             println!("store: Redis at {}", tollgate_redis::redact_url(&url));
-            serve(config.build(RateLimitLayer::builder().store(store))?, path).await
+            let builder = RateLimitLayer::builder().store(store).exempt_if(is_scrape);
+            serve(config.build(builder)?, path, prometheus).await
         }
         Err(_) => {
             println!("store: in memory (set REDIS_URL to share limits through Redis)");
-            serve(config.layer()?, path).await
+            let builder = RateLimitLayer::builder().exempt_if(is_scrape);
+            serve(config.build(builder)?, path, prometheus).await
         }
     }
 }
@@ -67,9 +72,15 @@ fn config_path() -> PathBuf {
         })
 }
 
+/// Scrapes are not API calls: `/metrics` is exempt from every limit.
+fn is_scrape(head: &RequestHead<'_>) -> bool {
+    head.uri().path() == "/metrics"
+}
+
 async fn serve<S: Store>(
     layer: RateLimitLayer<S>,
     path: PathBuf,
+    prometheus: PrometheusHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
     reload_on_sighup(layer.clone(), path);
     let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
@@ -80,7 +91,12 @@ async fn serve<S: Store>(
     println!("     for i in $(seq 6); do curl -s -o /dev/null -w '%{{http_code}}\\n' -X POST http://{addr}/auth/login; done");
     axum::serve(
         listener,
-        app(layer).into_make_service_with_connect_info::<SocketAddr>(),
+        app(layer)
+            .route(
+                "/metrics",
+                get(move || std::future::ready(prometheus.render())),
+            )
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await?;
     Ok(())
@@ -116,7 +132,7 @@ fn reload_on_sighup<S: Store>(layer: RateLimitLayer<S>, path: PathBuf) {
             return;
         };
         while hangups.recv().await.is_some() {
-            match reload(&layer, &path) {
+            match reload(&layer, &path, is_scrape) {
                 Ok(()) => println!("reloaded {}", path.display()),
                 Err(e) => eprintln!("kept the running limits: {e}"),
             }
@@ -126,8 +142,18 @@ fn reload_on_sighup<S: Store>(layer: RateLimitLayer<S>, path: PathBuf) {
     drop((layer, path));
 }
 
-fn reload<S: Store>(layer: &RateLimitLayer<S>, path: &std::path::Path) -> Result<(), ConfigError> {
-    Config::from_path(path)?.reload(layer)
+/// The file put in force, with the exemptions made in code (`exempt`), which a file cannot hold.
+fn reload<S: Store>(
+    layer: &RateLimitLayer<S>,
+    path: &std::path::Path,
+    exempt: fn(&RequestHead<'_>) -> bool,
+) -> Result<(), ConfigError> {
+    let config = Config::from_path(path)?;
+    let builder = config.apply(RateLimitLayer::builder().exempt_if(exempt))?;
+    layer.reload(builder).map_err(|source| ConfigError::Build {
+        origin: path.display().to_string(),
+        source,
+    })
 }
 
 /// The demo's login: the password is `demo`.
@@ -260,7 +286,7 @@ mod tests {
         let path = dir.join("tollgate.toml");
         let shipped = std::fs::read_to_string(config_path()).unwrap();
         std::fs::write(&path, shipped.replace("\"6000/minute\"", "\"9000/minute\"")).unwrap();
-        reload(&layer, &path).unwrap();
+        reload(&layer, &path, is_scrape).unwrap();
         let key = [("x-api-key", "enterprise-demo")];
         let (_, headers) = server.send("GET", "/api/public/v1/vms", &key).await;
         assert_eq!(limit_of(&headers), Some("9000"));
@@ -270,7 +296,7 @@ mod tests {
             shipped.replace("quota = \"600/minute\"", "quota = \"600/fortnight\""),
         )
         .unwrap();
-        let err = reload(&layer, &path).unwrap_err().to_string();
+        let err = reload(&layer, &path, is_scrape).unwrap_err().to_string();
         assert!(
             err.contains("tollgate.toml") && err.contains("fortnight"),
             "{err}"

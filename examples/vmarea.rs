@@ -18,9 +18,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tollgate::presets::vmarea::VmArea;
 use tollgate::Store;
-use tollgate::{RateLimitLayer, TokenId};
+use tollgate::{RateLimitLayer, RequestHead, TokenId};
 use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 
 #[tokio::main]
@@ -29,8 +30,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_max_level(tracing::Level::INFO)
         .init();
 
+    // The exporter first: the layer registers its metrics when it is built.
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
     let strict = std::env::var_os("TOLLGATE_STRICT").is_some();
-    let limits = VmArea::new().strict(strict).builder();
+    // Scrapes are not API calls: /metrics is exempt from every limit.
+    let limits = VmArea::new()
+        .strict(strict)
+        .builder()
+        .exempt_if(|head: &RequestHead<'_>| head.uri().path() == "/metrics");
 
     // The store, chosen in one place. With REDIS_URL, every instance pointed at the same Redis
     // shares the same buckets (and, with the default key secret, the same keys). If Redis is
@@ -45,18 +52,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             // The address only: a REDIS_URL may carry a password.
             let addr = redis::IntoConnectionInfo::into_connection_info(url.as_str())?;
             println!("store: Redis at {}", addr.addr());
-            serve(limits.store(store).build()?).await
+            serve(limits.store(store).build()?, prometheus).await
         }
         Err(_) => {
             println!("store: in memory (set REDIS_URL to share limits through Redis)");
-            serve(limits.build()?).await
+            serve(limits.build()?, prometheus).await
         }
     }
 }
 
 /// Serves the app with a limiter on any store.
-async fn serve<S: Store>(limiter: RateLimitLayer<S>) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve<S: Store>(
+    limiter: RateLimitLayer<S>,
+    prometheus: PrometheusHandle,
+) -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(prometheus.render())),
+        )
         .route(
             "/auth/login",
             post(|| async { json(r#"{"success": true, "token": "demo"}"#) }),
