@@ -24,6 +24,7 @@ use pin_project_lite::pin_project;
 use tollgate_core::{MemoryStore, Store};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::builder::RateLimitBuilder;
@@ -271,8 +272,16 @@ where
         // service called straight away: no future to allocate, no state to move through.
         // Bound in place (`ref`): moving the answer (a 256-byte `Outcome`) costs more than
         // reading it.
-        if let Some(ref answer) = limiter.check_immediately(&plan) {
-            return match limiter.verdict(&plan, answer, &head) {
+        let span = decision_span(S::NAME);
+        let immediate = {
+            let _entered = span.enter();
+            limiter
+                .check_immediately(&plan)
+                .as_ref()
+                .map(|answer| limiter.verdict(&plan, answer, &head))
+        };
+        if let Some(verdict) = immediate {
+            return match verdict {
                 Verdict::Admit(headers) => {
                     ResponseFuture::inner(self.inner.call(request), headers, None)
                 }
@@ -281,7 +290,7 @@ where
         }
         let limiter = arc_swap::Guard::into_inner(current);
         let check: PendingCheck<ReqB> = if plan.has_deferred() {
-            Box::pin(async move {
+            let decide = async move {
                 let (answer, held) = limiter.decide_deferred(&plan).await;
                 let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request));
                 let charge = match (&verdict, held) {
@@ -289,14 +298,16 @@ where
                     _ => None,
                 };
                 (verdict, charge, request)
-            })
+            };
+            Box::pin(decide.instrument(span))
         } else {
-            Box::pin(async move {
+            let decide = async move {
                 let answer = limiter.check(&plan).await;
                 // The request moved into this future: its head is borrowed anew, here.
                 let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request));
                 (verdict, None, request)
-            })
+            };
+            Box::pin(decide.instrument(span))
         };
         // The service made ready by `poll_ready` goes with this request; a clone takes its place.
         let ready = self.inner.clone();
@@ -446,6 +457,21 @@ where
             self.as_mut().project().state.set(next);
         }
     }
+}
+
+/// The debug span of one limited request's decision: `rule` (the binding one), `outcome`
+/// (`allowed`, `denied` or `error`), `remaining` and `store_us` are recorded as they are known.
+/// Its fields hold rule names and figures only, never what identifies a client.
+fn decision_span(store: &'static str) -> tracing::Span {
+    use tracing::field::Empty;
+    tracing::debug_span!(
+        "rate_limit",
+        store,
+        rule = Empty,
+        outcome = Empty,
+        remaining = Empty,
+        store_us = Empty
+    )
 }
 
 /// The answer to a request refused before any store is asked.

@@ -15,7 +15,7 @@
 //! first); the snapshot counts the same events, so both always agree.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Live counters of one limit.
 #[derive(Debug)]
@@ -91,6 +91,9 @@ pub(crate) struct LayerCounters {
     exported: exported::Layer,
 }
 
+/// When a store operation started, when its time is wanted.
+pub(crate) struct Stopwatch(Option<Instant>);
+
 /// A store operation whose time is measured.
 #[derive(Clone, Copy)]
 pub(crate) enum StoreOp {
@@ -119,14 +122,22 @@ impl LayerCounters {
         self.exported.exempt();
     }
 
-    /// Starts timing a store operation (nothing without the `metrics` feature).
-    pub(crate) fn stopwatch(&self) -> exported::Stopwatch {
-        exported::Stopwatch::start()
+    /// Starts timing a store operation, if anyone will see the time: the `metrics` feature,
+    /// or a subscriber listening to the request's debug span.
+    pub(crate) fn stopwatch(&self) -> Stopwatch {
+        let wanted = cfg!(feature = "metrics") || !tracing::Span::current().is_disabled();
+        Stopwatch(wanted.then(Instant::now))
     }
 
-    /// Records the time of a store operation started at `watch`.
-    pub(crate) fn store_time(&self, op: StoreOp, watch: exported::Stopwatch) {
-        self.exported.store_time(op, watch.elapsed());
+    /// Records the time of a store operation started at `watch`: in the histogram, and as the
+    /// request span's `store_us`.
+    pub(crate) fn store_time(&self, op: StoreOp, watch: Stopwatch) {
+        if let Some(started) = watch.0 {
+            let time = started.elapsed();
+            self.exported.store_time(op, time);
+            let micros = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
+            tracing::Span::current().record("store_us", micros);
+        }
     }
 
     pub(crate) fn replayed(&self) -> u64 {
@@ -219,18 +230,6 @@ mod exported {
             }
         }
     }
-
-    /// When a store operation started.
-    pub(crate) struct Stopwatch(std::time::Instant);
-
-    impl Stopwatch {
-        pub(crate) fn start() -> Self {
-            Self(std::time::Instant::now())
-        }
-        pub(crate) fn elapsed(&self) -> Duration {
-            self.0.elapsed()
-        }
-    }
 }
 
 /// Without the `metrics` feature: nothing to register, nothing to time.
@@ -262,17 +261,6 @@ mod exported {
         pub(crate) fn exempt(&self) {}
         pub(crate) fn replay(&self) {}
         pub(crate) fn store_time(&self, _op: StoreOp, _time: Duration) {}
-    }
-
-    pub(crate) struct Stopwatch;
-
-    impl Stopwatch {
-        pub(crate) fn start() -> Self {
-            Self
-        }
-        pub(crate) fn elapsed(&self) -> Duration {
-            Duration::ZERO
-        }
     }
 }
 

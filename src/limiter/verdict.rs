@@ -33,9 +33,21 @@ impl<S: Store> Limiter<S> {
         answer: &Result<Outcome, S::Error>,
         req: &RequestHead<'_>,
     ) -> Verdict {
+        let span = tracing::Span::current();
         let Some(outcome) = self.usable(plan, answer) else {
+            span.record("outcome", "error");
             return Verdict::Respond(unavailable());
         };
+        if !span.is_disabled() {
+            span.record(
+                "outcome",
+                if outcome.allowed { "allowed" } else { "denied" },
+            );
+            if let (Some(i), Some(decision)) = (outcome.binding, outcome.binding_decision()) {
+                span.record("rule", self.rule_at(plan, i).0.name());
+                span.record("remaining", decision.remaining);
+            }
+        }
         self.count(plan, outcome);
         let headers = self.headers_for(plan, outcome);
         if outcome.allowed {

@@ -13,5 +13,6 @@ mod per_client;
 mod reload;
 mod secrets;
 mod support;
+mod traces;
 mod vast;
 mod vmarea;
