@@ -9,6 +9,7 @@
 mod support;
 
 mod bench;
+mod cost;
 mod conformance;
 mod corruption;
 mod differential;
