@@ -33,8 +33,8 @@
 //! [`tollgate_redis::LUA_SOURCE`] (same SHA1), the key is [`RedisStore::redis_key`] of the same
 //! rule and key, and `ARGV` follows the wire format documented at the top of `tollgate.lua`:
 //! `c` (check), `""` `""` (use Redis `TIME`), `1` rule, `0` `0` `0` (no idempotency record),
-//! `""` `""` (no refund), then `g`, limit, period (ns), emission interval (ns), burst, cost,
-//! `0` (enforced). The bench asserts that both replies have the store's length and say
+//! `""` `""` (no refund), then `g00` (GCRA, enforced, no replays), emission interval (ns),
+//! burst, cost. The bench asserts that both replies have the store's length and say
 //! "allowed". The raw peer prepares its command once per caller and sends it on one shared
 //! `MultiplexedConnection`; the store builds its invocation per decision, as it does in
 //! production.
@@ -237,14 +237,10 @@ fn raw_evalsha(store: &RedisStore, rule: &Rule, key: Key) -> redis::Cmd {
         .arg(0)
         .arg("")
         .arg("")
-        .arg("g")
-        .arg(quota.limit())
-        .arg(nanos(quota.period()))
+        .arg("g00")
         .arg(nanos(quota.emission_interval()))
         .arg(quota.burst())
-        .arg(rule.cost())
-        .arg("0")
-        .arg("0");
+        .arg(rule.cost());
     cmd
 }
 

@@ -193,24 +193,17 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn flag(on: bool) -> &'static str {
-    if on {
-        "1"
-    } else {
-        "0"
-    }
-}
-
-/// The script's name for `algorithm`: the letter of its state's tag (`g1:`, `f1:`, `l1:`, `w1:`),
-/// one byte per rule on the wire.
-fn algorithm_code(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::FixedWindow => "f",
-        Algorithm::SlidingLog => "l",
-        Algorithm::SlidingWindow => "w",
+/// A rule's code in the script's `ARGV`: the letter of its algorithm's state tag (`g1:`, `f1:`,
+/// `l1:`, `w1:`), then whether it is a shadow rule and whether it honours replays (`0|1` each).
+fn rule_code(rule: &Rule) -> &'static str {
+    let codes: [&'static str; 4] = match rule.algorithm() {
+        Algorithm::FixedWindow => ["f00", "f01", "f10", "f11"],
+        Algorithm::SlidingLog => ["l00", "l01", "l10", "l11"],
+        Algorithm::SlidingWindow => ["w00", "w01", "w10", "w11"],
         // GCRA, and any algorithm added to the core later is refused by `supported`.
-        _ => "g",
-    }
+        _ => ["g00", "g01", "g10", "g11"],
+    };
+    codes[usize::from(rule.is_shadow()) * 2 + usize::from(rule.honours_replays())]
 }
 
 /// Whether the script implements `algorithm` (every algorithm the core has today).
@@ -266,14 +259,11 @@ impl Call<'_> {
         for target in self.targets {
             let rule = &target.rule;
             let quota = rule.quota();
-            inv.arg(algorithm_code(rule.algorithm()))
-                .arg(quota.limit())
-                .arg(nanos(quota.period()))
-                .arg(nanos(quota.emission_interval()))
-                .arg(quota.burst())
-                .arg(rule.cost())
-                .arg(flag(rule.is_shadow()))
-                .arg(flag(rule.honours_replays()));
+            let (a, b) = match rule.algorithm() {
+                Algorithm::Gcra => (nanos(quota.emission_interval()), quota.burst()),
+                _ => (quota.limit(), nanos(quota.period())),
+            };
+            inv.arg(rule_code(rule)).arg(a).arg(b).arg(rule.cost());
         }
         inv
     }

@@ -9,9 +9,9 @@
 mod support;
 
 mod bench;
-mod cost;
 mod conformance;
 mod corruption;
+mod cost;
 mod differential;
 mod faults;
 mod http_keyspace;
