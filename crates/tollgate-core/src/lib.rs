@@ -47,7 +47,7 @@ mod store;
 mod throttle;
 
 pub use algorithm::Algorithm;
-pub use clock::{Clock, ManualClock, Nanos, SystemClock};
+pub use clock::{saturating_nanos, Clock, ManualClock, Nanos, SystemClock};
 pub use decision::{Decision, Decisions, Outcome};
 pub use key::{Key, KeyBuilder, KeySecret};
 pub use memory::{MemoryStats, MemoryStore, MemoryStoreBuilder};

@@ -18,7 +18,7 @@ use tollgate_core::{
 };
 
 use crate::connection::RedisConnection;
-use crate::deny_cache::DenyCache;
+use crate::deny_cache::{DenyCache, Join, Slot};
 use crate::error::RedisStoreError;
 use crate::policy::{Admission, Breaker, BreakerConfig, FailurePolicy};
 use crate::script::{self, Call, Mode, ReplayArg, Reply, Target};
@@ -339,11 +339,31 @@ impl RedisStore {
         if checks.is_empty() {
             return Ok(Outcome::new(checks, Decisions::new(), false));
         }
-        let sent = inner.clock.now();
+        let mut sent = inner.clock.now();
+        // The budget covers the whole decision: waiting for another request's call included.
+        let deadline = tokio::time::Instant::now() + inner.budget;
+        // Held until this request's answer is in the deny cache: requests on the same pairs
+        // wait for it (see `deny_cache`).
+        let mut _flight = None;
         if mode == Mode::Check {
             if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
                 bump(&inner.counters.deny_cache_hits);
                 return Ok(outcome);
+            }
+            if let Some(cache) = &inner.deny_cache {
+                match cache.join(cached_pairs(checks, replay.is_some()).collect()) {
+                    Join::Lead(flight) => _flight = Some(flight),
+                    Join::Follow(mut landed) => {
+                        bump(&inner.counters.coalesced);
+                        // Ends when the flight lands, fails or is cancelled.
+                        let _ = tokio::time::timeout_at(deadline, landed.changed()).await;
+                        sent = inner.clock.now();
+                        if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
+                            bump(&inner.counters.deny_cache_hits);
+                            return Ok(outcome);
+                        }
+                    }
+                }
             }
         }
         if inner.breaker.admit(inner.budget) == Admission::Skip {
@@ -357,7 +377,7 @@ impl RedisStore {
         }
         bump(&inner.counters.redis_calls);
         let result =
-            tokio::time::timeout(inner.budget, self.remote(checks, replay, mode, sent)).await;
+            tokio::time::timeout_at(deadline, self.remote(checks, replay, mode, sent)).await;
         let error = match result {
             Ok(Ok(outcome)) => {
                 if inner.breaker.success() {
@@ -398,8 +418,7 @@ impl RedisStore {
         let decisions: Decisions = checks
             .iter()
             .map(|c| {
-                let may_be_free = replay && c.rule.honours_replays();
-                if !c.rule.is_shadow() && !may_be_free {
+                if cached(c, replay) {
                     if let Some(d) = cache.get(c.rule.id(), c.key.as_u128(), now) {
                         hit = true;
                         return d;
@@ -524,6 +543,20 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// Whether the deny cache may answer for `check`: an enforced rule, and not one where the
+/// request may be a free replay (Redis alone knows).
+fn cached(check: &Check<'_>, replay: bool) -> bool {
+    !check.rule.is_shadow() && !(replay && check.rule.honours_replays())
+}
+
+/// The (rule, key) pairs of `checks` the deny cache answers for.
+fn cached_pairs<'a>(checks: &'a [Check<'_>], replay: bool) -> impl Iterator<Item = Slot> + 'a {
+    checks
+        .iter()
+        .filter(move |c| cached(c, replay))
+        .map(|c| (c.rule.id(), c.key.as_u128()))
 }
 
 /// A rule's decision when it was not consulted (Redis unavailable under fail-open, or another

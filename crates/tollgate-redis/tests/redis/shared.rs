@@ -431,3 +431,70 @@ async fn an_abusive_client_does_not_turn_into_redis_load() {
     );
     assert!(stats.deny_cache_hits >= 988);
 }
+
+/// Redis's count of every command it executed (the scripts' own included), `INFO` and `CONFIG`
+/// aside.
+async fn commands_executed(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(':'))
+        .filter(|(name, _)| !matches!(*name, "info" | "config"))
+        .filter_map(|(_, rest)| rest.split(',').find_map(|f| f.strip_prefix("calls=")))
+        .map(|calls| calls.parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_flood_from_a_denied_key_shares_one_redis_call() {
+    const CALLERS: usize = 256;
+    const PER_CALLER: usize = 8;
+    let redis = TestRedis::start().await;
+    let mut admin = redis.admin().await;
+    let rule = Rule::builder("flood", Quota::per_hour(1).unwrap())
+        .build()
+        .unwrap();
+    let key = unique_key("cold-flood");
+    let checks = [Check { rule: &rule, key }];
+    // Another instance spent the key: this one has never heard of it.
+    let other = strict(patient(redis.url()).await);
+    assert!(other.check(&checks, None).await.unwrap().allowed);
+    let store = Arc::new(strict(patient(redis.url()).await));
+    store.load_script().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let callers = (0..CALLERS).map(|_| {
+        let store = Arc::clone(&store);
+        let rule = rule.clone();
+        tokio::spawn(async move {
+            let checks = [Check { rule: &rule, key }];
+            for _ in 0..PER_CALLER {
+                let outcome = store.check(&checks, None).await.unwrap();
+                assert!(!outcome.allowed, "{outcome:?}");
+            }
+        })
+    });
+    for caller in callers.collect::<Vec<_>>() {
+        caller.await.unwrap();
+    }
+    let requests = (CALLERS * PER_CALLER) as f64;
+    let commands = commands_executed(&mut admin).await;
+    let stats = store.stats();
+    assert!(
+        commands as f64 / requests <= 0.01,
+        "{commands} Redis commands for {requests} denied requests ({stats:?})"
+    );
+    assert_eq!(stats.redis_calls, 1, "{stats:?}");
+    // Whether the others waited for that call (`coalesced`) or came after it depends on how the
+    // tasks were scheduled; either way they were answered locally.
+    assert_eq!(
+        stats.deny_cache_hits,
+        CALLERS as u64 * PER_CALLER as u64 - 1
+    );
+}
