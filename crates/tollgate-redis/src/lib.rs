@@ -83,9 +83,11 @@
 //! pairs and computes differences from now, which the core bounds below 2^53
 //! ([`MAX_PERIOD_NANOS`](tollgate_core::MAX_PERIOD_NANOS),
 //! [`MAX_BURST_SPAN_NANOS`](tollgate_core::MAX_BURST_SPAN_NANOS)). Window alignment
-//! (`now mod period`) uses a mulmod by doubling; the sliding-window counter's
-//! `floor`/`ceil(a·b/c)` is a binary long multiplication whose remainder stays below `2c`.
-//! The script returns every figure (remaining, reset, retry) as an integer below 2^53, exact.
+//! (`now mod period`) is `(s mod P)·10^9 + n` for a period of whole seconds `P`, else a mulmod
+//! (direct while the product stays below 2^53, by doubling beyond); the sliding-window
+//! counter's `floor`/`ceil(a·b/c)` is one division while `a·b` stays below 2^53, else a binary
+//! long multiplication whose remainder stays below `2c`. The script returns every figure
+//! (remaining, reset, retry) as an integer below 2^53, exact.
 //!
 //! # Connections
 //!
@@ -139,6 +141,14 @@
 //! (the request may be a free replay there); every other rule charges a replay like any
 //! request, so its cached denial still answers. The rules of a request denied locally that are
 //! not in the cache are not consulted: they report an admission at full capacity.
+//!
+//! Concurrent misses share one call: a request that misses the cache while another request of
+//! this process is asking Redis about one of its (rule, key) pairs waits for that answer (within
+//! its budget) and is denied locally if it was a denial. A cold flood of 256 concurrent callers
+//! from one denied key costs one Redis call (the test
+//! `a_cold_flood_from_a_denied_key_shares_one_redis_call`). When that answer admits, the waiting
+//! requests then ask Redis themselves, one round trip later than they would have;
+//! [`RedisStoreStats::coalesced`] counts the requests that waited.
 //!
 //! # When Redis fails
 //!

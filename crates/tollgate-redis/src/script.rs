@@ -18,7 +18,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{Script, ScriptInvocation};
-use tollgate_core::{Algorithm, Decision, Nanos, Replay, Rule};
+use tollgate_core::{saturating_nanos, Algorithm, Decision, Nanos, Replay, Rule};
 
 use crate::error::RedisStoreError;
 
@@ -189,10 +189,6 @@ fn split(t: Nanos) -> (u64, u64) {
     (t / NANOS_PER_SEC, t % NANOS_PER_SEC)
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// A rule's code in the script's `ARGV`: the letter of its algorithm's state tag (`g1:`, `f1:`,
 /// `l1:`, `w1:`), then whether it is a shadow rule and whether it honours replays (`0|1` each).
 fn rule_code(rule: &Rule) -> &'static str {
@@ -237,7 +233,7 @@ impl Call<'_> {
         inv.arg(self.targets.len());
         match self.replay {
             ReplayArg::Record(_, r) => {
-                let ttl = nanos(r.ttl).clamp(1, MAX_REPLAY_TTL_NANOS);
+                let ttl = saturating_nanos(r.ttl).clamp(1, MAX_REPLAY_TTL_NANOS);
                 inv.arg("record").arg(ttl).arg(r.max_replays);
             }
             ReplayArg::Taken => {
@@ -260,8 +256,8 @@ impl Call<'_> {
             let rule = &target.rule;
             let quota = rule.quota();
             let (a, b) = match rule.algorithm() {
-                Algorithm::Gcra => (nanos(quota.emission_interval()), quota.burst()),
-                _ => (quota.limit(), nanos(quota.period())),
+                Algorithm::Gcra => (saturating_nanos(quota.emission_interval()), quota.burst()),
+                _ => (quota.limit(), saturating_nanos(quota.period())),
             };
             inv.arg(rule_code(rule)).arg(a).arg(b).arg(rule.cost());
         }
