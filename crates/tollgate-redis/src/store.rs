@@ -17,7 +17,7 @@ use tollgate_core::{
     SystemClock,
 };
 
-use crate::connection::RedisConnection;
+use crate::connection::{Dialect, RedisConnection};
 use crate::deny_cache::{DenyCache, Join, Slot};
 use crate::error::RedisStoreError;
 use crate::policy::{Admission, Breaker, BreakerConfig, FailurePolicy};
@@ -37,7 +37,7 @@ pub const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
 /// Rate-limit state in Redis, shared by every instance of an API. Cloning is cheap and shares
 /// the connection, caches and counters.
 ///
-/// One request is one script call (`EVALSHA`): every rule is decided against Redis `TIME`, and
+/// One request is one script call (`FCALL`, or `EVALSHA`): every rule is decided against Redis `TIME`, and
 /// written only if no enforced rule denies. See the [crate documentation](crate) for keys,
 /// expiry, Cluster, the deny cache and the failure policy.
 ///
@@ -80,6 +80,8 @@ impl std::fmt::Debug for RedisStore {
 
 struct Inner {
     conn: RedisConnection,
+    /// Whether the script runs as a Function or by `EVALSHA`.
+    dialect: Dialect,
     prefix: Box<str>,
     budget: Duration,
     policy: FailurePolicy,
@@ -207,6 +209,7 @@ impl RedisStoreBuilder {
         RedisStore {
             inner: Arc::new(Inner {
                 conn: self.conn,
+                dialect: Dialect::default(),
                 prefix: self.prefix.into_boxed_str(),
                 budget: self.budget,
                 policy: self.policy,
@@ -264,7 +267,7 @@ impl RedisStore {
     /// Loads the script into Redis (every primary, in Cluster), so that the first decision does
     /// not pay a `NOSCRIPT` round trip. Optional: a missing script is loaded on demand.
     pub async fn load_script(&self) -> Result<(), RedisStoreError> {
-        self.inner.conn.load_script().await
+        self.inner.conn.load_script(&self.inner.dialect).await
     }
 }
 
@@ -461,7 +464,7 @@ impl RedisStore {
 
     /// One script call and its parsed reply.
     async fn call(&self, call: Call<'_>) -> Result<Reply, RedisStoreError> {
-        let values = self.inner.conn.invoke(&call.invocation()).await?;
+        let values = self.inner.conn.invoke(&call, &self.inner.dialect).await?;
         call.reply(&values)
     }
 

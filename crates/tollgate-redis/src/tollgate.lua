@@ -56,20 +56,12 @@ local TWO53 = 9007199254740992
 -- Instants further apart than this (52 days) are only ever compared, never subtracted exactly.
 local FAR_S = 4503599
 
-if redis.replicate_commands then redis.replicate_commands() end
-
-local mode = ARGV[1]
-local NS, NN
+-- Now, for the call being served: Redis TIME, or the explicit time (tests). Set by `tollgate`
+-- at the start of each call.
+local NS, NN = 0, 0
 -- The shortest TTL given to a key, in ms. With an explicit time (tests), keys live at least a
 -- minute of real time: their state is judged by the explicit time, never by their TTL.
 local MIN_TTL = 1
-if ARGV[2] ~= '' then
-  NS = tonumber(ARGV[2]); NN = tonumber(ARGV[3])
-  MIN_TTL = 60000
-else
-  local t = redis.call('TIME')
-  NS = tonumber(t[1]); NN = tonumber(t[2]) * 1000
-end
 
 -- floor(a / b) and a mod b for integers |a| < 2^53, b >= 1, exactly.
 local function idiv(a, b)
@@ -444,8 +436,6 @@ local function decide(alg, s1, s2, s3, s4, a, b, cost)
   return f(nil, nil, nil, a, b, cost)
 end
 
-local nrules = tonumber(ARGV[4])
-local replay = ARGV[5]
 local RECORD = 'r1:'
 
 -- Idempotency records.
@@ -464,169 +454,184 @@ local function set_taken(key, expires, taken)
   redis.call('SET', key, RECORD .. expires .. ':' .. num(taken), 'KEEPTTL')
 end
 
-local function create_record(key)
-  local ttl = tonumber(ARGV[6])
+local function create_record(key, ttl)
   redis.call('SET', key, RECORD .. fmt(ttl) .. ':0', 'PX', ttl_ms(ttl))
 end
 
-if mode == 'check' or mode == 'peek' then
-  local charge = mode == 'check'
-  -- A request that repeats an idempotency key: free in the rules that honour replays if the
-  -- record is live and under its cap (or an earlier call took the replay, in Cluster).
-  local honoured = false
-  for i = 1, nrules do
-    if string.sub(ARGV[6 + 4 * i], 3, 3) == '1' then honoured = true end
+-- One call: KEYS and ARGV as the header says; returns the reply.
+local function tollgate(KEYS, ARGV)
+  if redis.replicate_commands then redis.replicate_commands() end
+  local mode = ARGV[1]
+  if ARGV[2] ~= '' then
+    NS = tonumber(ARGV[2]); NN = tonumber(ARGV[3])
+    MIN_TTL = 60000
+  else
+    local t = redis.call('TIME')
+    NS = tonumber(t[1]); NN = tonumber(t[2]) * 1000
+    MIN_TTL = 1
   end
-  local replay_key = KEYS[nrules + 1]
-  local expires, taken = nil, nil
-  local free = false
-  if charge and honoured then
-    if replay == 'taken' then
-      free = true
-    elseif replay == 'record' then
-      expires, taken = read_record(replay_key)
-      free = expires ~= nil and taken < tonumber(ARGV[7])
-    end
-  end
+  local nrules = tonumber(ARGV[4])
+  local replay = ARGV[5]
 
-  local out = { NS, NN, 1, 0 }
-  local values, ttls = {}, {}
-  local allowed = 1
-  for i = 1, nrules do
-    local base = 6 + 4 * i
-    local code = ARGV[base]
-    local alg = string.sub(code, 1, 1)
-    local a, b, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-    local s1, s2, s3, s4 = read(alg, KEYS[i], a, b)
-    local d1, d2, d3, d4, value, ttl
-    if charge then
-      local waived = free and string.sub(code, 3, 3) == '1'
-      if waived then cost = 0 end
-      d1, d2, d3, d4, value, ttl = decide(alg, s1, s2, s3, s4, a, b, cost)
-      -- A free replay is not written: it was paid for when it was first charged.
-      if d1 == 1 and not waived and value then values[i] = value; ttls[i] = ttl end
-    else
-      -- Peek: would it pass? If so, report the figures as they stand.
-      d1, d2, d3, d4 = decide(alg, s1, s2, s3, s4, a, b, cost)
-      if d1 == 1 then d1, d2, d3, d4 = decide(alg, s1, s2, s3, s4, a, b, 0) end
-    end
-    local o = 4 * i
-    out[o + 1] = d1; out[o + 2] = d2; out[o + 3] = d3; out[o + 4] = d4
-    if d1 == 0 and string.sub(code, 2, 2) ~= '1' then allowed = 0 end
-  end
-
-  if charge and allowed == 1 then
+  if mode == 'check' or mode == 'peek' then
+    local charge = mode == 'check'
+    -- A request that repeats an idempotency key: free in the rules that honour replays if the
+    -- record is live and under its cap (or an earlier call took the replay, in Cluster).
+    local honoured = false
     for i = 1, nrules do
-      if values[i] then redis.call('SET', KEYS[i], values[i], 'PX', ttls[i]) end
+      if string.sub(ARGV[6 + 4 * i], 3, 3) == '1' then honoured = true end
     end
-    if replay == 'record' and honoured then
-      if free then
-        set_taken(replay_key, expires, taken + 1)
-      elseif not expires then
-        create_record(replay_key)
+    local replay_key = KEYS[nrules + 1]
+    local expires, taken = nil, nil
+    local free = false
+    if charge and honoured then
+      if replay == 'taken' then
+        free = true
+      elseif replay == 'record' then
+        expires, taken = read_record(replay_key)
+        free = expires ~= nil and taken < tonumber(ARGV[7])
       end
     end
-  end
 
-  out[3] = allowed
-  if free and allowed == 1 then out[4] = 1 end
-  return out
-end
-
-if mode == 'refund' then
-  -- Reverse a charge this request made at (charged_s, charged_n), as far as it still stands
-  -- (another request may have moved the state on since). Each algorithm's refund takes its
-  -- parsed state, the charge's instant relative to now, and the rule; it returns the value
-  -- without the charge and its ttl (nil: keep the key's), false (delete the key), or nil
-  -- (nothing left to undo).
-  local cs, cn = tonumber(ARGV[8]), tonumber(ARGV[9])
-  local charged = rel(cs, cn)
-
-  local function refund_g(used, _, _, _, interval, _, cost)
-    local tat = used - cost * interval
-    if tat > 0 then return 'g1:' .. fmt(tat), ttl_ms(tat) end
-    return false
-  end
-
-  local function refund_f(we, wes, c, _, _, period, cost)
-    -- The end of the charge's window, relative to now.
-    if we == charged + window_end_from(cs, cn, period) and c >= cost then
-      return 'f1:' .. wes .. ':' .. num(c - cost)
-    end
-    return nil
-  end
-
-  local function refund_l(sa, da, ca, _, _, _, cost)
-    local parts, removed = {}, false
-    for i = 1, #sa do
-      local c = ca[i]
-      if not removed and da[i] == charged and c >= cost then
-        removed = true
-        c = c - cost
+    local out = { NS, NN, 1, 0 }
+    local values, ttls = {}, {}
+    local allowed = 1
+    for i = 1, nrules do
+      local base = 6 + 4 * i
+      local code = ARGV[base]
+      local alg = string.sub(code, 1, 1)
+      local a, b, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+      local s1, s2, s3, s4 = read(alg, KEYS[i], a, b)
+      local d1, d2, d3, d4, value, ttl
+      if charge then
+        local waived = free and string.sub(code, 3, 3) == '1'
+        if waived then cost = 0 end
+        d1, d2, d3, d4, value, ttl = decide(alg, s1, s2, s3, s4, a, b, cost)
+        -- A free replay is not written: it was paid for when it was first charged.
+        if d1 == 1 and not waived and value then values[i] = value; ttls[i] = ttl end
+      else
+        -- Peek: would it pass? If so, report the figures as they stand.
+        d1, d2, d3, d4 = decide(alg, s1, s2, s3, s4, a, b, cost)
+        if d1 == 1 then d1, d2, d3, d4 = decide(alg, s1, s2, s3, s4, a, b, 0) end
       end
-      if c > 0 then parts[#parts + 1] = sa[i] .. ':' .. num(c) end
+      local o = 4 * i
+      out[o + 1] = d1; out[o + 2] = d2; out[o + 3] = d3; out[o + 4] = d4
+      if d1 == 0 and string.sub(code, 2, 2) ~= '1' then allowed = 0 end
     end
-    if not removed then return nil end
-    if #parts == 0 then return false end
-    return 'l1:' .. table.concat(parts, ',')
-  end
 
-  local function refund_w(d, wes, previous, current, _, period, cost)
-    local we = charged + window_end_from(cs, cn, period)
-    if d == we and current >= cost then
-      return 'w1:' .. wes .. ':' .. num(previous) .. ':' .. num(current - cost)
-    elseif d == we + period and previous >= cost then
-      return 'w1:' .. wes .. ':' .. num(previous - cost) .. ':' .. num(current)
-    end
-    return nil
-  end
-
-  local REFUND = { g = refund_g, f = refund_f, l = refund_l, w = refund_w }
-  for i = 1, nrules do
-    local base = 6 + 4 * i
-    local alg = string.sub(ARGV[base], 1, 1)
-    local a, b, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-    local key = KEYS[i]
-    local s1, s2, s3, s4 = read(alg, key, a, b)
-    if s1 then
-      local ok, value, ttl = pcall(REFUND[alg], s1, s2, s3, s4, a, b, cost)
-      -- If it raised, it was nothing this script wrote: leave it; the next charge overwrites
-      -- it. Else: false deletes the key, a value with a ttl replaces it, a value alone keeps
-      -- the key's TTL, nil leaves the key as it is.
-      if ok then
-        if value == false then
-          redis.call('DEL', key)
-        elseif value and ttl then
-          redis.call('SET', key, value, 'PX', ttl)
-        elseif value then
-          redis.call('SET', key, value, 'KEEPTTL')
+    if charge and allowed == 1 then
+      for i = 1, nrules do
+        if values[i] then redis.call('SET', KEYS[i], values[i], 'PX', ttls[i]) end
+      end
+      if replay == 'record' and honoured then
+        if free then
+          set_taken(replay_key, expires, taken + 1)
+        elseif not expires then
+          create_record(replay_key, tonumber(ARGV[6]))
         end
       end
     end
+
+    out[3] = allowed
+    if free and allowed == 1 then out[4] = 1 end
+    return out
   end
-  return { NS, NN, 1, 0 }
-end
 
-if mode == 'take_replay' then
-  local expires, taken = read_record(KEYS[1])
-  if expires and taken < tonumber(ARGV[7]) then
-    set_taken(KEYS[1], expires, taken + 1)
-    return { NS, NN, 1, 1 }
+  if mode == 'refund' then
+    -- Reverse a charge this request made at (charged_s, charged_n), as far as it still stands
+    -- (another request may have moved the state on since). Each algorithm's refund takes its
+    -- parsed state, the charge's instant relative to now, and the rule; it returns the value
+    -- without the charge and its ttl (nil: keep the key's), false (delete the key), or nil
+    -- (nothing left to undo).
+    local cs, cn = tonumber(ARGV[8]), tonumber(ARGV[9])
+    local charged = rel(cs, cn)
+
+    local function refund_g(used, _, _, _, interval, _, cost)
+      local tat = used - cost * interval
+      if tat > 0 then return 'g1:' .. fmt(tat), ttl_ms(tat) end
+      return false
+    end
+
+    local function refund_f(we, wes, c, _, _, period, cost)
+      -- The end of the charge's window, relative to now.
+      if we == charged + window_end_from(cs, cn, period) and c >= cost then
+        return 'f1:' .. wes .. ':' .. num(c - cost)
+      end
+      return nil
+    end
+
+    local function refund_l(sa, da, ca, _, _, _, cost)
+      local parts, removed = {}, false
+      for i = 1, #sa do
+        local c = ca[i]
+        if not removed and da[i] == charged and c >= cost then
+          removed = true
+          c = c - cost
+        end
+        if c > 0 then parts[#parts + 1] = sa[i] .. ':' .. num(c) end
+      end
+      if not removed then return nil end
+      if #parts == 0 then return false end
+      return 'l1:' .. table.concat(parts, ',')
+    end
+
+    local function refund_w(d, wes, previous, current, _, period, cost)
+      local we = charged + window_end_from(cs, cn, period)
+      if d == we and current >= cost then
+        return 'w1:' .. wes .. ':' .. num(previous) .. ':' .. num(current - cost)
+      elseif d == we + period and previous >= cost then
+        return 'w1:' .. wes .. ':' .. num(previous - cost) .. ':' .. num(current)
+      end
+      return nil
+    end
+
+    local REFUND = { g = refund_g, f = refund_f, l = refund_l, w = refund_w }
+    for i = 1, nrules do
+      local base = 6 + 4 * i
+      local alg = string.sub(ARGV[base], 1, 1)
+      local a, b, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+      local key = KEYS[i]
+      local s1, s2, s3, s4 = read(alg, key, a, b)
+      if s1 then
+        local ok, value, ttl = pcall(REFUND[alg], s1, s2, s3, s4, a, b, cost)
+        -- If it raised, it was nothing this script wrote: leave it; the next charge overwrites
+        -- it. Else: false deletes the key, a value with a ttl replaces it, a value alone keeps
+        -- the key's TTL, nil leaves the key as it is.
+        if ok then
+          if value == false then
+            redis.call('DEL', key)
+          elseif value and ttl then
+            redis.call('SET', key, value, 'PX', ttl)
+          elseif value then
+            redis.call('SET', key, value, 'KEEPTTL')
+          end
+        end
+      end
+    end
+    return { NS, NN, 1, 0 }
   end
-  return { NS, NN, 0, 0 }
-end
 
-if mode == 'return_replay' then
-  local expires, taken = read_record(KEYS[1])
-  if expires and taken > 0 then set_taken(KEYS[1], expires, taken - 1) end
-  return { NS, NN, 1, 0 }
-end
+  if mode == 'take_replay' then
+    local expires, taken = read_record(KEYS[1])
+    if expires and taken < tonumber(ARGV[7]) then
+      set_taken(KEYS[1], expires, taken + 1)
+      return { NS, NN, 1, 1 }
+    end
+    return { NS, NN, 0, 0 }
+  end
 
-if mode == 'create_replay' then
-  -- A live record (even at its cap) stays until it expires.
-  if not read_record(KEYS[1]) then create_record(KEYS[1]) end
-  return { NS, NN, 1, 0 }
-end
+  if mode == 'return_replay' then
+    local expires, taken = read_record(KEYS[1])
+    if expires and taken > 0 then set_taken(KEYS[1], expires, taken - 1) end
+    return { NS, NN, 1, 0 }
+  end
 
-return redis.error_reply('tollgate: unknown mode ' .. tostring(mode) ..
-  '; the caller speaks another version of this script')
+  if mode == 'create_replay' then
+    -- A live record (even at its cap) stays until it expires.
+    if not read_record(KEYS[1]) then create_record(KEYS[1], tonumber(ARGV[6])) end
+    return { NS, NN, 1, 0 }
+  end
+
+  return redis.error_reply('tollgate: unknown mode ' .. tostring(mode) ..
+    '; the caller speaks another version of this script')
+end

@@ -14,8 +14,8 @@
 //!   a GCRA script (`TIME`, `GET`, `SET PX`) on one key and on two keys (the two buckets of a
 //!   VMArea-like request), a two-window `INCRBY` + `PEXPIRE` script, and one `INCR`.
 //!
-//! **Redis CPU** per decision is the `usec` of the command the decision sent (`EVALSHA`, or
-//! `INCR`) in `INFO commandstats`, reset by `CONFIG RESETSTAT` before each measurement: Redis's
+//! **Redis CPU** per decision is the `usec` of the command the decision sent (`FCALL` or
+//! `EVALSHA`, or `INCR`) in `INFO commandstats`, reset by `CONFIG RESETSTAT` before each measurement: Redis's
 //! own time executing it, script and inner commands included, which the load of other processes
 //! on the machine barely moves. **Commands** counts every command Redis executed per decision,
 //! the script's inner ones included. **App CPU** is this process's user + system CPU time
@@ -35,7 +35,7 @@ use redis::Script;
 use tollgate_core::{Algorithm, Check, KeySecret, Quota, Rule, Store};
 use tollgate_redis::{FailurePolicy, RedisStore};
 
-use crate::support::TestRedis;
+use crate::support::{command_stats, TestRedis};
 
 /// Decisions per measurement.
 const DECISIONS: usize = 8192;
@@ -94,8 +94,8 @@ struct Variant {
     name: String,
     /// Index of the variant this one is compared with (`None`: it is a peer).
     peer: Option<usize>,
-    /// The command each decision sends (the one whose `usec` is its Redis CPU).
-    command: &'static str,
+    /// The commands a decision may send (those whose `usec` is its Redis CPU).
+    commands: &'static [&'static str],
     run: Decide,
 }
 
@@ -109,7 +109,7 @@ fn store_variant(store: &RedisStore, name: &str, rules: Vec<Rule>, peer: usize) 
     Variant {
         name: format!("tollgate: {name}"),
         peer: Some(peer),
-        command: "evalsha",
+        commands: &["fcall", "evalsha"],
         run: Arc::new(move |round, id| {
             let (store, rules, tag) = (store.clone(), Arc::clone(&rules), tag.clone());
             Box::pin(async move {
@@ -149,7 +149,7 @@ fn script_variant(
     Variant {
         name: format!("peer: {name}"),
         peer: None,
-        command: "evalsha",
+        commands: &["evalsha"],
         run: Arc::new(move |round, id| {
             let (mut conn, script, args, tag) = (
                 conn.clone(),
@@ -177,7 +177,7 @@ fn incr_variant(conn: &MultiplexedConnection) -> Variant {
     Variant {
         name: "peer: one INCR".to_owned(),
         peer: None,
-        command: "incr",
+        commands: &["incr"],
         run: Arc::new(move |round, id| {
             let mut conn = conn.clone();
             Box::pin(async move {
@@ -201,27 +201,6 @@ fn process_cpu_us() -> f64 {
     };
     let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
     us(usage.ru_utime) + us(usage.ru_stime)
-}
-
-/// `INFO commandstats` as (command, calls, usec).
-async fn command_stats(admin: &mut MultiplexedConnection) -> Vec<(String, u64, u64)> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(admin)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let field = |f: &str| -> u64 {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(f))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
-            };
-            Some((name.to_owned(), field("calls="), field("usec=")))
-        })
-        .collect()
 }
 
 /// One measurement: (Redis µs per decision, Redis commands per decision, app µs per decision).
@@ -254,7 +233,7 @@ async fn measure(
     let stats = command_stats(admin).await;
     let (mut calls, mut usec, mut commands) = (0, 0, 0);
     for (name, c, u) in &stats {
-        if name == variant.command {
+        if variant.commands.contains(&name.as_str()) {
             calls += c;
             usec += u;
         }

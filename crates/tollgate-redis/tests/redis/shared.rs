@@ -10,7 +10,7 @@ use tollgate_core::{
 };
 use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 
-use crate::support::{patient, TestCluster, TestRedis};
+use crate::support::{command_stats, patient, TestCluster, TestRedis};
 
 fn unique_key(label: &str) -> Key {
     let nonce = SystemTime::now()
@@ -432,22 +432,6 @@ async fn an_abusive_client_does_not_turn_into_redis_load() {
     assert!(stats.deny_cache_hits >= 988);
 }
 
-/// Redis's count of every command it executed (the scripts' own included), `INFO` and `CONFIG`
-/// aside.
-async fn commands_executed(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(admin)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(':'))
-        .filter(|(name, _)| !matches!(*name, "info" | "config"))
-        .filter_map(|(_, rest)| rest.split(',').find_map(|f| f.strip_prefix("calls=")))
-        .map(|calls| calls.parse::<u64>().unwrap())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_flood_from_a_denied_key_shares_one_redis_call() {
     const CALLERS: usize = 256;
@@ -484,7 +468,13 @@ async fn a_cold_flood_from_a_denied_key_shares_one_redis_call() {
         caller.await.unwrap();
     }
     let requests = (CALLERS * PER_CALLER) as f64;
-    let commands = commands_executed(&mut admin).await;
+    // Every command Redis executed, the script's own included.
+    let commands: u64 = command_stats(&mut admin)
+        .await
+        .iter()
+        .filter(|(name, _, _)| !matches!(name.as_str(), "info" | "config"))
+        .map(|(_, calls, _)| calls)
+        .sum();
     let stats = store.stats();
     assert!(
         commands as f64 / requests <= 0.01,
