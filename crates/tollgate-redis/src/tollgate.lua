@@ -108,12 +108,12 @@ local function rel(s, n)
   return ds * E9 + (n - NN)
 end
 
--- A stored instant (1 to 19 decimal digits: it fits a u64), relative to now; nil if `str` is
--- not one.
+-- A stored instant, relative to now: `str` is a pattern's capture of decimal digits (or nil),
+-- an instant if it has at most 19 (it fits a u64).
 local function rel_str(str)
   if not str then return nil end
   local len = #str
-  if len < 1 or len > 19 or string.find(str, '^%d+$') == nil then return nil end
+  if len > 19 then return nil end
   if len <= 9 then return rel(0, tonumber(str)) end
   return rel(tonumber(string.sub(str, 1, len - 9)), tonumber(string.sub(str, len - 8)))
 end
@@ -221,8 +221,7 @@ end
 
 -- GCRA. State: the theoretical arrival time, relative to now. (a, b) = (interval, burst).
 local function parse_g(v, interval, burst)
-  if string.sub(v, 1, 3) ~= 'g1:' then return nil end
-  local used = rel_str(string.sub(v, 4))
+  local used = rel_str(string.match(v, '^g1:(%d+)$'))
   if used and used < horizon(burst * interval) then return used end
   return nil
 end
@@ -287,36 +286,35 @@ end
 local function decide_l(sa, da, ca, limit, period, cost)
   local n = 0
   if sa then n = #sa else sa, da, ca = {}, {}, {} end
-  -- The live entries (still in the window), in place of the state's lists.
-  local ls, ld, lc, nl, used = {}, {}, {}, 0, 0
-  for i = 1, n do
-    if da[i] + period > 0 then
-      used = used + ca[i]
-      nl = nl + 1; ls[nl] = sa[i]; ld[nl] = da[i]; lc[nl] = ca[i]
-    end
+  -- The log is sorted, oldest first, so the entries still in the window are a suffix: first..n.
+  local first, used = n + 1, 0
+  for i = n, 1, -1 do
+    if da[i] + period <= 0 then break end
+    first = i; used = used + ca[i]
   end
   if used + cost <= limit then
+    local last = n
     if cost > 0 then
       -- Keep the log sorted even if the clock went back; merge with an entry at now.
-      local pos = nl + 1
-      for i = 1, nl do
-        if ld[i] > 0 then pos = i; break end
+      local pos = n + 1
+      for i = first, n do
+        if da[i] > 0 then pos = i; break end
       end
-      if pos > 1 and ld[pos - 1] == 0 then
-        lc[pos - 1] = lc[pos - 1] + cost
+      if pos > first and da[pos - 1] == 0 then
+        ca[pos - 1] = ca[pos - 1] + cost
       else
-        table.insert(ls, pos, false); table.insert(ld, pos, 0); table.insert(lc, pos, cost)
-        nl = nl + 1
+        table.insert(sa, pos, false); table.insert(da, pos, 0); table.insert(ca, pos, cost)
+        last = n + 1
       end
     end
     local reset, newest = 0, 0
-    if nl > 0 then newest = ld[nl] end
+    if last >= first then newest = da[last] end
     local expires = newest + period
-    if nl > 0 and expires > 0 then reset = expires end
+    if last >= first and expires > 0 then reset = expires end
     local value = nil
-    if nl > 0 then
+    if last >= first then
       local parts = {}
-      for i = 1, nl do parts[i] = (ls[i] or fmt(ld[i])) .. ':' .. num(lc[i]) end
+      for i = first, last do parts[i - first + 1] = (sa[i] or fmt(da[i])) .. ':' .. num(ca[i]) end
       value = 'l1:' .. table.concat(parts, ',')
     end
     return 1, limit - used - cost, reset, 0, value, ttl_ms(expires)
@@ -324,10 +322,10 @@ local function decide_l(sa, da, ca, limit, period, cost)
   -- Wait until enough of the oldest entries have left the window.
   local excess = used + cost - limit
   local freed, retry = 0, period
-  for i = 1, nl do
-    freed = freed + lc[i]
+  for i = first, n do
+    freed = freed + ca[i]
     if freed >= excess then
-      retry = ld[i] + period
+      retry = da[i] + period
       break
     end
   end
@@ -510,9 +508,11 @@ local function tollgate(KEYS, ARGV)
         -- A free replay is not written: it was paid for when it was first charged.
         if d1 == 1 and not waived and value then values[i] = value; ttls[i] = ttl end
       else
-        -- Peek: would it pass? If so, report the figures as they stand.
+        -- Peek: would it pass? If so, report the figures as they stand. At cost 0 first: a
+        -- charged decision may build its value in the state's own lists (sliding log).
+        local f1, f2, f3, f4 = decide(alg, s1, s2, s3, s4, a, b, 0)
         d1, d2, d3, d4 = decide(alg, s1, s2, s3, s4, a, b, cost)
-        if d1 == 1 then d1, d2, d3, d4 = decide(alg, s1, s2, s3, s4, a, b, 0) end
+        if d1 == 1 then d1, d2, d3, d4 = f1, f2, f3, f4 end
       end
       local o = 4 * i
       out[o + 1] = d1; out[o + 2] = d2; out[o + 3] = d3; out[o + 4] = d4
