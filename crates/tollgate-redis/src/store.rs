@@ -551,7 +551,8 @@ impl RedisStore {
 /// Whether the deny cache may answer for `check`: an enforced rule, and not one where the
 /// request may be a free replay (Redis alone knows).
 fn cached(check: &Check<'_>, replay: bool) -> bool {
-    !check.rule.is_shadow() && !(replay && check.rule.honours_replays())
+    let may_be_free = replay && check.rule.honours_replays();
+    !check.rule.is_shadow() && !may_be_free
 }
 
 /// The (rule, key) pairs of `checks` the deny cache answers for.
