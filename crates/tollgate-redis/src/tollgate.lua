@@ -72,13 +72,13 @@ local function idiv(a, b)
   return q, r
 end
 
--- floor(a * b / c) and whether it was inexact, for 0 <= a, b and 1 <= c, all below 2^52. A
--- product below 2^53 is exact as a double (and one that is not rounds to 2^53 or more).
+-- floor(a * b / c) and (a * b) mod c, for 0 <= a, b and 1 <= c, all below 2^52. A product
+-- below 2^53 is exact as a double (and one that is not rounds to 2^53 or more); beyond, every
+-- partial sum stays below 2^53.
 local function muldiv(a, b, c)
   local p = a * b
   if p < TWO53 then
-    local q, r = idiv(p, c)
-    return q, r > 0
+    return idiv(p, c)
   end
   -- Binary long multiplication of a by b, the product kept as q * c + r, 0 <= r < c.
   local qa, ra = idiv(a, c)
@@ -97,7 +97,7 @@ local function muldiv(a, b, c)
       if r >= c then r = r - c; q = q + 1 end
     end
   end
-  return q, r > 0
+  return q, r
 end
 
 -- Instant (s, n) minus now, in nanoseconds; clamped to +-2^53 when further than FAR_S seconds.
@@ -165,32 +165,6 @@ local function ttl_ms(d)
   return q
 end
 
--- (a * b) mod m for 0 <= a, b < m <= 2^51: directly when the product is below 2^53, else by
--- doubling, every partial sum below 2m.
-local function mulmod(a, b, m)
-  local p = a * b
-  if p < TWO53 then
-    local _, r = idiv(p, m)
-    return r
-  end
-  local bits, nb = {}, 0
-  while b > 0 do
-    local bit = b % 2
-    nb = nb + 1; bits[nb] = bit
-    b = (b - bit) / 2
-  end
-  local r = 0
-  for i = nb, 1, -1 do
-    r = r + r
-    if r >= m then r = r - m end
-    if bits[i] == 1 then
-      r = r + a
-      if r >= m then r = r - m end
-    end
-  end
-  return r
-end
-
 -- The end of the window of length `period` (aligned on multiples of it since the epoch) that
 -- holds the instant (s, n), relative to that instant: period - (s * 1e9 + n) mod period.
 local function window_end_from(s, n, period)
@@ -203,7 +177,8 @@ local function window_end_from(s, n, period)
     local _, sm = idiv(s, period)
     local _, em = idiv(E9, period)
     local _, nm = idiv(n, period)
-    _, r = idiv(mulmod(sm, em, period) + nm, period)
+    local _, pm = muldiv(sm, em, period)
+    _, r = idiv(pm + nm, period)
   end
   return period - r
 end
@@ -365,8 +340,8 @@ local function decide_w(swe, wes, sprevious, scurrent, limit, period, cost)
   local start = we - period
   local left = period
   if start < 0 then left = period + start end
-  local weighted, inexact = muldiv(previous, left, period)
-  if inexact then weighted = weighted + 1 end
+  local weighted, rest = muldiv(previous, left, period)
+  if rest > 0 then weighted = weighted + 1 end
   local used = weighted + current
   if used + cost <= limit then
     local cur = current + cost

@@ -303,6 +303,25 @@ async fn policies_without_redis() {
     assert!(breaker.breaker_open());
 }
 
+/// A Redis user that may run every command but `denied`; its URL.
+async fn acl_user(redis: &TestRedis, user: &str, password: &str, denied: &[&str]) -> String {
+    let mut setuser = redis::cmd("ACL");
+    setuser
+        .arg("SETUSER")
+        .arg(user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("+@all");
+    for command in denied {
+        setuser.arg(format!("-{command}"));
+    }
+    let _: () = setuser.query_async(&mut redis.admin().await).await.unwrap();
+    redis
+        .url()
+        .replace("redis://", &format!("redis://{user}:{password}@"))
+}
+
 /// Redis answers but refuses the script (an ACL without EVALSHA or FCALL): every request is decided by
 /// the policy and logged, but this is not an outage, so the breaker stays closed and nothing
 /// shows the password.
@@ -310,25 +329,13 @@ async fn policies_without_redis() {
 async fn a_refused_script_is_not_an_outage() {
     const PASSWORD: &str = "pw-Zm9vYmFyYmF6";
     let redis = TestRedis::start().await;
-    let mut admin = redis.admin().await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("limited")
-        .arg("on")
-        .arg(format!(">{PASSWORD}"))
-        .arg("~*")
-        .arg("+@all")
-        .arg("-evalsha")
-        .arg("-eval")
-        .arg("-script")
-        .arg("-fcall")
-        .arg("-function")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let url = redis
-        .url()
-        .replace("redis://", &format!("redis://limited:{PASSWORD}@"));
+    let url = acl_user(
+        &redis,
+        "limited",
+        PASSWORD,
+        &["evalsha", "eval", "script", "fcall", "function"],
+    )
+    .await;
     let rule = rule();
     let key = KeySecret::DEFAULT.key().part(b"acl").finish();
     let checks = [Check { rule: &rule, key }];
@@ -374,21 +381,7 @@ async fn a_redis_that_refuses_functions_runs_the_script() {
     const PASSWORD: &str = "pw-c2NyaXB0cw";
     let redis = TestRedis::start().await;
     let mut admin = redis.admin().await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("scripts")
-        .arg("on")
-        .arg(format!(">{PASSWORD}"))
-        .arg("~*")
-        .arg("+@all")
-        .arg("-fcall")
-        .arg("-function")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let url = redis
-        .url()
-        .replace("redis://", &format!("redis://scripts:{PASSWORD}@"));
+    let url = acl_user(&redis, "scripts", PASSWORD, &["fcall", "function"]).await;
     let store = RedisStore::connect(url.as_str()).await.unwrap();
     let rule = Rule::builder("r", Quota::per_minute(10).unwrap())
         .build()
