@@ -2,8 +2,12 @@
 //! hand (release build, so that the app's figure is the production one):
 //!
 //! ```text
-//! cargo test --release -p tollgate-redis --test redis cost_per_decision -- --ignored --nocapture
+//! cargo test --release -p tollgate-redis --test redis cost_per_decision -- --ignored \
+//!     --nocapture --test-threads 1
 //! ```
+//!
+//! `cost_per_decision` measures one Redis, `cost_per_decision_on_a_cluster` the 3-master
+//! Cluster of the test suite (Redis CPU summed over the masters).
 //!
 //! Every variant runs [`DECISIONS`] admitted decisions from [`CALLERS`] concurrent tasks, in
 //! [`ROUNDS`] interleaved rounds (the median round is reported), on one Redis:
@@ -30,12 +34,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::Script;
 use tollgate_core::{Algorithm, Check, KeySecret, Quota, Rule, Store};
-use tollgate_redis::{FailurePolicy, RedisStore};
+use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 
-use crate::support::{command_stats, TestRedis};
+use crate::support::{command_stats, patient, patient_cluster, TestCluster, TestRedis};
 
 /// Decisions per measurement.
 const DECISIONS: usize = 8192;
@@ -99,6 +103,10 @@ struct Variant {
     run: Decide,
 }
 
+/// A connection the peers send their commands on (single node or Cluster).
+trait Peer: ConnectionLike + Clone + Send + Sync + 'static {}
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Peer for C {}
+
 /// One decision: (round, key id) -> done, asserting that it was admitted.
 type Decide = Arc<dyn Fn(usize, usize) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -135,8 +143,8 @@ fn store_variant(store: &RedisStore, name: &str, rules: Vec<Rule>, peer: usize) 
     }
 }
 
-fn script_variant(
-    conn: &MultiplexedConnection,
+fn script_variant<C: Peer>(
+    conn: &C,
     name: &str,
     source: &str,
     keys: usize,
@@ -160,7 +168,8 @@ fn script_variant(
             Box::pin(async move {
                 let mut inv = script.prepare_invoke();
                 for j in 0..keys {
-                    inv.key(format!("peer:{tag}:{round}:{id}:{j}"));
+                    // One hash tag per decision: in Cluster its keys share a slot.
+                    inv.key(format!("peer:{{{tag}:{round}:{id}}}:{j}"));
                 }
                 for a in args.iter() {
                     inv.arg(*a);
@@ -172,7 +181,7 @@ fn script_variant(
     }
 }
 
-fn incr_variant(conn: &MultiplexedConnection) -> Variant {
+fn incr_variant<C: Peer>(conn: &C) -> Variant {
     let conn = conn.clone();
     Variant {
         name: "peer: one INCR".to_owned(),
@@ -203,18 +212,21 @@ fn process_cpu_us() -> f64 {
     us(usage.ru_utime) + us(usage.ru_stime)
 }
 
-/// One measurement: (Redis µs per decision, Redis commands per decision, app µs per decision).
+/// One measurement on Redis `nodes` (every primary, in Cluster): (Redis µs per decision, Redis
+/// commands per decision, app µs per decision, calls per decision).
 async fn measure(
-    admin: &mut MultiplexedConnection,
+    nodes: &mut [MultiplexedConnection],
     variant: &Variant,
     round: usize,
     uses_per_key: usize,
-) -> (f64, f64, f64) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(admin)
-        .await
-        .expect("CONFIG RESETSTAT");
+) -> [f64; 4] {
+    for node in nodes.iter_mut() {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(node)
+            .await
+            .expect("CONFIG RESETSTAT");
+    }
     let cpu = process_cpu_us();
     let tasks: Vec<_> = (0..CALLERS)
         .map(|c| {
@@ -230,20 +242,31 @@ async fn measure(
         task.await.expect("a caller panicked");
     }
     let app = process_cpu_us() - cpu;
-    let stats = command_stats(admin).await;
     let (mut calls, mut usec, mut commands) = (0, 0, 0);
-    for (name, c, u) in &stats {
-        if variant.commands.contains(&name.as_str()) {
-            calls += c;
-            usec += u;
-        }
-        if !matches!(name.as_str(), "info" | "config") {
-            commands += c;
+    for node in nodes.iter_mut() {
+        for (name, c, u) in command_stats(node).await {
+            if variant.commands.contains(&name.as_str()) {
+                calls += c;
+                usec += u;
+            }
+            if !matches!(name.as_str(), "info" | "config" | "cluster") {
+                commands += c;
+            }
         }
     }
-    assert_eq!(calls as usize, DECISIONS, "{}: {stats:?}", variant.name);
+    // One call per decision; in Cluster, one per slot a decision's keys fall on.
+    assert!(
+        calls as usize >= DECISIONS,
+        "{}: {calls} calls",
+        variant.name
+    );
     let n = DECISIONS as f64;
-    (usec as f64 / n, commands as f64 / n, app / n)
+    [
+        usec as f64 / n,
+        commands as f64 / n,
+        app / n,
+        calls as f64 / n,
+    ]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -251,20 +274,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, run by hand in release mode"]
-async fn cost_per_decision() {
-    let redis = TestRedis::start().await;
-    let mut admin = redis.admin().await;
-    let conn = redis.admin().await;
-    let store = RedisStore::builder(crate::support::patient(redis.url()).await)
-        .failure_policy(FailurePolicy::FailClosed)
-        // A loaded machine must not turn a slow answer into a failed measurement.
-        .budget(Duration::from_secs(5))
-        .deny_cache(None)
-        .build();
-    store.load_script().await.unwrap();
-
+/// The peers (on `conn`) and tollgate's rows (on `store`), each row with the peer it is compared
+/// with.
+fn variants<C: Peer>(store: &RedisStore, conn: &C) -> Vec<Variant> {
     let per_minute = |name: &str, limit, algorithm| {
         Rule::builder(name, Quota::per_minute(limit).unwrap())
             .algorithm(algorithm)
@@ -273,22 +285,22 @@ async fn cost_per_decision() {
     };
     // The peers' parameters: 600 per minute (100 ms = 100,000 µs apart), burst 600.
     let mut variants = vec![
-        script_variant(&conn, "GCRA script", PEER_GCRA, 1, &[100_000, 600]),
+        script_variant(conn, "GCRA script", PEER_GCRA, 1, &[100_000, 600]),
         script_variant(
-            &conn,
+            conn,
             "two-bucket GCRA script",
             PEER_GCRA,
             2,
             &[100_000, 600],
         ),
         script_variant(
-            &conn,
+            conn,
             "two-window INCRBY+PEXPIRE script",
             PEER_WINDOWS,
             2,
             &[1, 60_000, 600, 100],
         ),
-        incr_variant(&conn),
+        incr_variant(conn),
     ];
     let (gcra_peer, two_gcra_peer) = (0, 1);
     let single = [
@@ -299,7 +311,7 @@ async fn cost_per_decision() {
     ];
     for (name, algorithm) in single {
         let rule = per_minute(&name.replace(' ', "_"), 600, algorithm);
-        variants.push(store_variant(&store, name, vec![rule], gcra_peer));
+        variants.push(store_variant(store, name, vec![rule], gcra_peer));
     }
     let vmarea = vec![
         Rule::builder("per_token", Quota::per_minute(600).unwrap())
@@ -310,52 +322,95 @@ async fn cost_per_decision() {
         per_minute("per_ip", 100, Algorithm::FixedWindow),
     ];
     variants.push(store_variant(
-        &store,
+        store,
         "VMArea (two fixed windows)",
         vmarea,
         two_gcra_peer,
     ));
+    variants
+}
 
+/// A store as the measurement uses it: a failure fails the measurement, the deny cache is off.
+fn store(connection: RedisConnection) -> RedisStore {
+    RedisStore::builder(connection)
+        .failure_policy(FailurePolicy::FailClosed)
+        // A loaded machine must not turn a slow answer into a failed measurement.
+        .budget(Duration::from_secs(5))
+        .deny_cache(None)
+        .build()
+}
+
+/// Measures every variant, rounds interleaved, and prints the table.
+async fn report(title: &str, variants: &[Variant], nodes: &mut [MultiplexedConnection]) {
     // Warm-up: scripts loaded, connections open (round 255 keys are not measured).
-    for v in &variants {
+    for v in variants {
         (v.run)(255, 0).await;
     }
     let mut warm = vec![Vec::new(); variants.len()];
     let mut fresh = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
         for (i, v) in variants.iter().enumerate() {
-            warm[i].push(measure(&mut admin, v, 2 * round, USES_PER_KEY).await);
-            fresh[i].push(measure(&mut admin, v, 2 * round + 1, 1).await);
+            warm[i].push(measure(nodes, v, 2 * round, USES_PER_KEY).await);
+            fresh[i].push(measure(nodes, v, 2 * round + 1, 1).await);
         }
     }
-    let redis_us: Vec<f64> = warm
-        .iter()
-        .map(|m| median(m.iter().map(|m| m.0).collect()))
-        .collect();
+    let f = |m: &[[f64; 4]], k: usize| median(m.iter().map(|m| m[k]).collect());
+    let redis_us: Vec<f64> = warm.iter().map(|m| f(m, 0)).collect();
     println!(
-        "{DECISIONS} admitted decisions per measurement, {CALLERS} callers, median of {ROUNDS} \
-         interleaved rounds; warm: {USES_PER_KEY} decisions per key, fresh: one"
+        "{title}: {DECISIONS} admitted decisions per measurement, {CALLERS} callers, median of \
+         {ROUNDS} interleaved rounds; warm: {USES_PER_KEY} decisions per key, fresh: one"
     );
     println!(
         "| variant | Redis CPU µs/decision, warm | ratio to peer | Redis CPU µs/decision, fresh \
-         | Redis commands/decision | app CPU µs/decision |"
+         | script calls/decision | Redis commands/decision | app CPU µs/decision |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (i, v) in variants.iter().enumerate() {
         let ratio = match v.peer {
             Some(p) => format!("{:.2} ({})", redis_us[i] / redis_us[p], variants[p].name),
             None => "-".to_owned(),
         };
-        let f = |m: &[(f64, f64, f64)], k: fn(&(f64, f64, f64)) -> f64| {
-            median(m.iter().map(k).collect())
-        };
         println!(
-            "| {} | {:.2} | {ratio} | {:.2} | {:.1} | {:.1} |",
+            "| {} | {:.2} | {ratio} | {:.2} | {:.1} | {:.1} | {:.1} |",
             v.name,
             redis_us[i],
-            f(&fresh[i], |m| m.0),
-            f(&warm[i], |m| m.1),
-            f(&warm[i], |m| m.2),
+            f(&fresh[i], 0),
+            f(&warm[i], 3),
+            f(&warm[i], 1),
+            f(&warm[i], 2),
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand in release mode"]
+async fn cost_per_decision() {
+    let redis = TestRedis::start().await;
+    let store = store(patient(redis.url()).await);
+    store.load_script().await.unwrap();
+    let conn = redis.admin().await;
+    let variants = variants(&store, &conn);
+    report("one Redis", &variants, &mut [redis.admin().await]).await;
+}
+
+/// The same on the 3-master Cluster: Redis CPU summed over the masters. tollgate's VMArea
+/// request has its two keys on two slots (two calls, in parallel); the peers put a decision's
+/// keys on one slot (a hash tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand in release mode"]
+async fn cost_per_decision_on_a_cluster() {
+    let cluster = TestCluster::start().await;
+    let store = store(patient_cluster(cluster.urls()).await);
+    store.load_script().await.unwrap();
+    let conn = redis::cluster::ClusterClient::new(cluster.urls())
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    let variants = variants(&store, &conn);
+    let mut nodes = Vec::new();
+    for i in 0..cluster.urls().len() {
+        nodes.push(cluster.node(i).await);
+    }
+    report("3-master Cluster", &variants, &mut nodes).await;
 }

@@ -10,7 +10,7 @@ use tollgate_core::{
 };
 use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 
-use crate::support::{command_stats, patient, TestCluster, TestRedis};
+use crate::support::{command_stats, patient, patient_cluster, TestCluster, TestRedis};
 
 fn unique_key(label: &str) -> Key {
     let nonce = SystemTime::now()
@@ -31,18 +31,6 @@ fn strict(connection: RedisConnection) -> RedisStore {
         .budget(Duration::from_secs(5))
         .failure_policy(FailurePolicy::FailClosed)
         .build()
-}
-
-async fn patient_cluster(urls: impl IntoIterator<Item = String>) -> RedisConnection {
-    redis::cluster::ClusterClientBuilder::new(urls)
-        .connection_timeout(Duration::from_secs(10))
-        .response_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-        .into()
 }
 
 /// Fires `n` concurrent checks, alternating between the stores; returns how many were admitted.

@@ -583,3 +583,18 @@ pub async fn command_calls(admin: &mut redis::aio::MultiplexedConnection, comman
         .map(|(_, calls, _)| calls)
         .sum()
 }
+
+/// A patient Cluster connection (see [`patient`]).
+pub async fn patient_cluster(
+    urls: impl IntoIterator<Item = String>,
+) -> tollgate_redis::RedisConnection {
+    redis::cluster::ClusterClientBuilder::new(urls)
+        .connection_timeout(Duration::from_secs(10))
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+        .into()
+}
