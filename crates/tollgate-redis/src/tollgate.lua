@@ -379,12 +379,12 @@ end
 local PARSE = { g = parse_g, f = parse_f, l = parse_l, w = parse_w }
 local DECIDE = { g = decide_g, f = decide_f, l = decide_l, w = decide_w }
 
--- A rule's state at `key` (as parse_X returns it), or nil when there is none it can read.
+-- A rule's state in the value `v` read at its key (as parse_X returns it), or nil when there is
+-- none it can read (no value, a value of another type, or not this rule's state).
 -- Parsing is strict and cannot raise; pcall all the same, so that no stored value ever fails a
 -- request.
-local function read(alg, key, a, b)
-  local v = get(key)
-  if not v then return nil end
+local function read(alg, v, a, b)
+  if type(v) ~= 'string' then return nil end
   local ok, s1, s2, s3, s4 = pcall(PARSE[alg], v, a, b)
   if ok then return s1, s2, s3, s4 end
   return nil
@@ -466,6 +466,9 @@ local function tollgate(KEYS, ARGV)
       end
     end
 
+    -- Every rule's value in one command (MGET answers nil for a key of another type).
+    local stored = {}
+    if nrules > 0 then stored = redis.call('MGET', unpack(KEYS, 1, nrules)) end
     local out = { NS, NN, 1, 0 }
     local values, ttls = {}, {}
     local allowed = 1
@@ -474,7 +477,7 @@ local function tollgate(KEYS, ARGV)
       local code = ARGV[base]
       local alg = string.sub(code, 1, 1)
       local a, b, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-      local s1, s2, s3, s4 = read(alg, KEYS[i], a, b)
+      local s1, s2, s3, s4 = read(alg, stored[i], a, b)
       local d1, d2, d3, d4, value, ttl
       if charge then
         local waived = free and string.sub(code, 3, 3) == '1'
@@ -566,7 +569,7 @@ local function tollgate(KEYS, ARGV)
       local alg = string.sub(ARGV[base], 1, 1)
       local a, b, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
       local key = KEYS[i]
-      local s1, s2, s3, s4 = read(alg, key, a, b)
+      local s1, s2, s3, s4 = read(alg, get(key), a, b)
       if s1 then
         local ok, value, ttl = pcall(REFUND[alg], s1, s2, s3, s4, a, b, cost)
         -- If it raised, it was nothing this script wrote: leave it; the next charge overwrites
