@@ -242,7 +242,7 @@ local function parse_l(v, _, period)
   if string.sub(v, 1, 3) ~= 'l1:' then return nil end
   local limit = horizon(period)
   local body = string.sub(v, 4)
-  local sa, da, ca, n, pos, len = {}, {}, {}, 0, 1, #body
+  local sa, da, ca, at, n, pos, len = {}, {}, {}, {}, 0, 1, #body
   local last = -TWO53
   -- Entries `<at>:<cost>`, each where the previous one ended, separated by single commas.
   for p, a, b, q in string.gmatch(body, '()(%d+):(%d+)()') do
@@ -250,15 +250,18 @@ local function parse_l(v, _, period)
     local d, c = rel_str(a), count(b)
     if not d or not c or c < 1 or d < last or d >= limit then return nil end
     last = d
-    n = n + 1; sa[n] = a; da[n] = d; ca[n] = c
+    n = n + 1; sa[n] = a; da[n] = d; ca[n] = c; at[n] = p
     pos = q + 1
   end
   -- Something else after the last entry, or a trailing comma, or no entry at all.
   if n == 0 or pos ~= len + 2 then return nil end
-  return sa, da, ca
+  -- Where each entry begins in the body, and the body: a charge appended at the end keeps the
+  -- live entries' text as it is.
+  at.body = body
+  return sa, da, ca, at
 end
 
-local function decide_l(sa, da, ca, limit, period, cost)
+local function decide_l(sa, da, ca, at, limit, period, cost)
   local n = 0
   if sa then n = #sa else sa, da, ca = {}, {}, {} end
   -- The log is sorted, oldest first, so the entries still in the window are a suffix: first..n.
@@ -268,7 +271,7 @@ local function decide_l(sa, da, ca, limit, period, cost)
     first = i; used = used + ca[i]
   end
   if used + cost <= limit then
-    local last = n
+    local last, value = n, nil
     if cost > 0 then
       -- Keep the log sorted even if the clock went back; merge with an entry at now.
       local pos = n + 1
@@ -277,6 +280,11 @@ local function decide_l(sa, da, ca, limit, period, cost)
       end
       if pos > first and da[pos - 1] == 0 then
         ca[pos - 1] = ca[pos - 1] + cost
+      elseif pos == n + 1 and pos > first then
+        -- After every live entry (the clock went forward): their text as stored, then the charge.
+        value = 'l1:' .. string.sub(at.body, at[first]) .. ',' .. fmt(0) .. ':' .. num(cost)
+        sa[pos] = false; da[pos] = 0; ca[pos] = cost
+        last = n + 1
       else
         table.insert(sa, pos, false); table.insert(da, pos, 0); table.insert(ca, pos, cost)
         last = n + 1
@@ -286,8 +294,7 @@ local function decide_l(sa, da, ca, limit, period, cost)
     if last >= first then newest = da[last] end
     local expires = newest + period
     if last >= first and expires > 0 then reset = expires end
-    local value = nil
-    if last >= first then
+    if not value and last >= first then
       local parts = {}
       for i = first, last do parts[i - first + 1] = (sa[i] or fmt(da[i])) .. ':' .. num(ca[i]) end
       value = 'l1:' .. table.concat(parts, ',')
@@ -399,7 +406,7 @@ local function decide(alg, s1, s2, s3, s4, a, b, cost)
     ok, d1, d2, d3, d4, value, ttl = pcall(f, s1, a, b, cost)
     if ok then return d1, d2, d3, d4, value, ttl end
     return f(nil, a, b, cost)
-  elseif alg == 'w' then
+  elseif alg == 'w' or alg == 'l' then
     ok, d1, d2, d3, d4, value, ttl = pcall(f, s1, s2, s3, s4, a, b, cost)
     if ok then return d1, d2, d3, d4, value, ttl end
     return f(nil, nil, nil, nil, a, b, cost)
