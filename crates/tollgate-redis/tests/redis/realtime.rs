@@ -633,6 +633,12 @@ async fn a_sliding_log_forgets_entries_one_period_old_and_no_sooner() {
     let o = store.check(&checks, None).await.unwrap();
     assert!(o.allowed, "the first entry left the window: {o:?}");
     assert_eq!(o.decisions[0].remaining, 0);
+    let value = get(&mut admin, &store.redis_key(&rule, k)).await;
+    assert_eq!(
+        value.split(',').count(),
+        2,
+        "the entry that left the window left the stored log too: {value}"
+    );
 }
 
 #[tokio::test]
