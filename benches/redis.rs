@@ -1,8 +1,8 @@
 //! The Redis store side by side with its peers, against a real Redis:
 //!
 //! - `redis/decisions`: `RedisStore` decisions per second at 1, 16 and 256 concurrent callers,
-//!   against a raw redis-rs `EVALSHA` of the same script with the same arguments at the same
-//!   concurrency (the ceiling for a Rust client).
+//!   against a raw redis-rs `FCALL` of the same Redis Function with the same arguments at the
+//!   same concurrency (the ceiling for a Rust client).
 //! - `redis/connections`: the same store on a `MultiplexedConnection`, a `ConnectionManager` (the
 //!   default) and `deadpool_redis::Pool`s (default size, and one connection per caller).
 //! - `redis/deny_flood`: a flood of denied requests from one key, deny cache on and off. Prints
@@ -28,13 +28,13 @@
 //!
 //! # The raw peer's arguments
 //!
-//! The store builds its `EVALSHA` arguments in a private module (`script.rs`). The raw peer
-//! rebuilds exactly the same call from public parts: the script is
-//! [`tollgate_redis::LUA_SOURCE`] (same SHA1), the key is [`RedisStore::redis_key`] of the same
-//! rule and key, and `ARGV` follows the wire format documented at the top of `tollgate.lua`:
-//! `c` (check), `""` `""` (use Redis `TIME`), `1` rule, `0` `0` `0` (no idempotency record),
-//! `""` `""` (no refund), then `g`, limit, period (ns), emission interval (ns), burst, cost,
-//! `0` (enforced). The bench asserts that both replies have the store's length and say
+//! The store builds its `FCALL` arguments in a private module (`script.rs`). The raw peer
+//! rebuilds exactly the same call from public parts: the function is
+//! [`tollgate_redis::FUNCTION`]'s (loaded by the store's `load_script`), the key is
+//! [`RedisStore::redis_key`] of the same rule and key, and `ARGV` follows the wire format
+//! documented at the top of `tollgate.lua`: `check`, `""` `""` (use Redis `TIME`), `1` rule, `0` `0` `0` (no idempotency record),
+//! `""` `""` (no refund), then `g00` (GCRA, enforced, no replays), emission interval (ns),
+//! burst, cost. The bench asserts that both replies have the store's length and say
 //! "allowed". The raw peer prepares its command once per caller and sends it on one shared
 //! `MultiplexedConnection`; the store builds its invocation per decision, as it does in
 //! production.
@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tollgate::{Check, Key, KeySecret, Quota, Rule, Store};
-use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore, LUA_SOURCE};
+use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore, FUNCTION};
 
 /// Decisions per measured batch (divisible by every concurrency).
 const BATCH: usize = 2048;
@@ -220,12 +220,12 @@ async fn store_batch(store: &RedisStore, rule: &Arc<Rule>, callers: usize) {
     .await;
 }
 
-/// The store's `EVALSHA` for one GCRA rule on `key`, built by hand (see the module docs).
-fn raw_evalsha(store: &RedisStore, rule: &Rule, key: Key) -> redis::Cmd {
+/// The store's `FCALL` for one GCRA rule on `key`, built by hand (see the module docs).
+fn raw_fcall(store: &RedisStore, rule: &Rule, key: Key) -> redis::Cmd {
     let quota = rule.quota();
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap();
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(redis::Script::new(LUA_SOURCE).get_hash())
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(&FUNCTION.name)
         .arg(1)
         .arg(store.redis_key(rule, key))
         .arg("check")
@@ -237,14 +237,10 @@ fn raw_evalsha(store: &RedisStore, rule: &Rule, key: Key) -> redis::Cmd {
         .arg(0)
         .arg("")
         .arg("")
-        .arg("g")
-        .arg(quota.limit())
-        .arg(nanos(quota.period()))
+        .arg("g00")
         .arg(nanos(quota.emission_interval()))
         .arg(quota.burst())
-        .arg(rule.cost())
-        .arg("0")
-        .arg("0");
+        .arg(rule.cost());
     cmd
 }
 
@@ -256,7 +252,7 @@ async fn raw_batch(conn: &MultiplexedConnection, cmds: &Arc<Vec<redis::Cmd>>, ca
         let cmds = Arc::clone(cmds);
         async move {
             for _ in 0..per_caller {
-                let reply: Vec<i64> = cmds[i].query_async(&mut conn).await.expect("EVALSHA");
+                let reply: Vec<i64> = cmds[i].query_async(&mut conn).await.expect("FCALL");
                 assert!(reply.len() == 8 && reply[2] == 1, "{reply:?}");
             }
         }
@@ -386,7 +382,7 @@ fn assert_healthy(name: &str, store: &RedisStore) {
     );
 }
 
-/// `RedisStore` against raw `EVALSHA`, same script, arguments, keys and concurrency.
+/// `RedisStore` against raw `FCALL`, same function, arguments, keys and concurrency.
 fn decisions(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &str) {
     let rule = admit_all_rule();
     let (store, conn) = runtime.block_on(async {
@@ -396,7 +392,7 @@ fn decisions(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &str) {
     });
     let cmds: Arc<Vec<redis::Cmd>> = Arc::new(
         (0..*CALLERS.iter().max().unwrap())
-            .map(|i| raw_evalsha(&store, &rule, caller_key(i)))
+            .map(|i| raw_fcall(&store, &rule, caller_key(i)))
             .collect(),
     );
     // Same reply shape as the store expects.
@@ -418,7 +414,7 @@ fn decisions(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &str) {
                     &format!("redis/decisions, {callers} callers"),
                     &[
                         (
-                            "raw_evalsha",
+                            "raw_fcall",
                             Box::new(|| Box::pin(raw_batch(&conn, &cmds, callers))),
                         ),
                         (
@@ -430,7 +426,7 @@ fn decisions(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &str) {
             }
             b.iter_custom(|iters| timed(runtime, iters, || store_batch(&store, &rule, callers)))
         });
-        group.bench_function(BenchmarkId::new("raw_evalsha", callers), |b| {
+        group.bench_function(BenchmarkId::new("raw_fcall", callers), |b| {
             b.iter_custom(|iters| timed(runtime, iters, || raw_batch(&conn, &cmds, callers)))
         });
     }
@@ -504,7 +500,7 @@ fn connections(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &str) 
     group.finish();
 }
 
-/// Redis's command counters: (EVALSHA calls, every command but INFO).
+/// Redis's command counters: (script calls, `FCALL` or `EVALSHA`; every command but INFO).
 async fn command_stats(admin: &mut MultiplexedConnection) -> (u64, u64) {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -527,7 +523,7 @@ async fn command_stats(admin: &mut MultiplexedConnection) -> (u64, u64) {
         if name == "info" {
             continue;
         }
-        if name == "evalsha" {
+        if name == "fcall" || name == "evalsha" {
             evalsha += calls;
         }
         all += calls;
@@ -568,7 +564,7 @@ fn print_cold(runtime: &tokio::runtime::Runtime, url: &str, rule: &Arc<Rule>, ke
             let n = BATCH as f64;
             println!(
                 "deny_flood cold, deny cache {}, {callers:>3} callers: {:.4} Redis round trips per \
-                 denied request (store.stats().redis_calls = {} for {BATCH}; INFO EVALSHA calls \
+                 denied request (store.stats().redis_calls = {} for {BATCH}; INFO FCALL/EVALSHA calls \
                  +{}), {:.4} Redis commands per denied request incl. the script's own (+{}), \
                  {:.0} ns per denied request",
                 if on { "on " } else { "off" },
@@ -647,7 +643,7 @@ fn deny_flood(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &str) {
             println!(
                 "deny_flood steady, deny cache {}, {FLOOD_CALLERS} callers, {n} denied requests: \
                  {:.6} Redis round trips per denied request (store.stats().redis_calls = {}, \
-                 deny_cache_hits = {}; INFO EVALSHA calls +{}), {:.6} Redis commands per denied \
+                 deny_cache_hits = {}; INFO FCALL/EVALSHA calls +{}), {:.6} Redis commands per denied \
                  request incl. the script's own (+{}), {:.0} ns per denied request",
                 if on { "on " } else { "off" },
                 stats.redis_calls as f64 / n as f64,

@@ -134,8 +134,15 @@ impl<C: Clock> Clock for Arc<C> {
     }
 }
 
-/// A duration as nanoseconds, saturating at `u64::MAX` (584 years).
-pub(crate) fn saturating_nanos(d: Duration) -> u64 {
+/// A duration as nanoseconds, saturating at `u64::MAX` (584 years): how every store turns a
+/// [`Duration`] into the [`Nanos`] of its clock.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(tollgate_core::saturating_nanos(Duration::from_micros(3)), 3_000);
+/// assert_eq!(tollgate_core::saturating_nanos(Duration::MAX), u64::MAX);
+/// ```
+pub fn saturating_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -52,7 +52,7 @@ mod throttle;
 
 pub use algorithm::Algorithm;
 pub use client_quotas::{ClientQuota, ClientQuotas};
-pub use clock::{Clock, ManualClock, Nanos, SystemClock};
+pub use clock::{saturating_nanos, Clock, ManualClock, Nanos, SystemClock};
 pub use decision::{Decision, Decisions, Outcome};
 pub use key::{Key, KeyBuilder, KeySecret};
 pub use memory::{MemoryStats, MemoryStore, MemoryStoreBuilder};

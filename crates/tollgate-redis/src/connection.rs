@@ -13,9 +13,13 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{IntoConnectionInfo, ScriptInvocation};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis::aio::ConnectionLike;
+use redis::IntoConnectionInfo;
 
 use crate::error::RedisStoreError;
+use crate::script::{Call, FUNCTION, SCRIPT};
 
 /// A connection to Redis or to a Redis Cluster. Cloning is cheap and shares the connection.
 ///
@@ -152,34 +156,116 @@ impl RedisConnection {
         matches!(self, RedisConnection::Cluster(_))
     }
 
-    /// Runs a script invocation (`EVALSHA`, loading the script on `NOSCRIPT`).
+    /// One script call: `FCALL` of the Function library while this Redis runs it (loading it
+    /// when it is missing), else `EVALSHA` (which loads the script on `NOSCRIPT`).
     pub(crate) async fn invoke(
         &self,
-        invocation: &ScriptInvocation<'static>,
+        call: &Call<'_>,
+        dialect: &Dialect,
     ) -> Result<Vec<i64>, RedisStoreError> {
-        Ok(match self {
-            RedisConnection::Manager(c) => invocation.invoke_async(&mut c.clone()).await?,
-            RedisConnection::Multiplexed(c) => invocation.invoke_async(&mut c.clone()).await?,
-            RedisConnection::Pool(pool) => {
-                let mut conn = pool.get().await?;
-                invocation.invoke_async(&mut conn).await?
-            }
-            RedisConnection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await?,
-        })
+        match self {
+            RedisConnection::Manager(c) => invoke_on(&mut c.clone(), call, dialect).await,
+            RedisConnection::Multiplexed(c) => invoke_on(&mut c.clone(), call, dialect).await,
+            RedisConnection::Pool(pool) => invoke_on(&mut pool.get().await?, call, dialect).await,
+            RedisConnection::Cluster(c) => invoke_on(&mut c.clone(), call, dialect).await,
+        }
     }
 
-    /// Loads the script (`SCRIPT LOAD`; on every primary in Cluster), so the first decision does
-    /// not pay for a `NOSCRIPT` round trip.
-    pub(crate) async fn load_script(&self) -> Result<(), RedisStoreError> {
-        let script = &*crate::script::SCRIPT;
+    /// Loads the Function library (every primary, in Cluster), or the script where Functions
+    /// are refused.
+    pub(crate) async fn load_script(&self, dialect: &Dialect) -> Result<(), RedisStoreError> {
         match self {
-            RedisConnection::Manager(c) => script.load_async(&mut c.clone()).await?,
-            RedisConnection::Multiplexed(c) => script.load_async(&mut c.clone()).await?,
-            RedisConnection::Pool(pool) => script.load_async(&mut pool.get().await?).await?,
-            RedisConnection::Cluster(c) => script.load_async(&mut c.clone()).await?,
-        };
-        Ok(())
+            RedisConnection::Manager(c) => load_on(&mut c.clone(), dialect).await,
+            RedisConnection::Multiplexed(c) => load_on(&mut c.clone(), dialect).await,
+            RedisConnection::Pool(pool) => load_on(&mut pool.get().await?, dialect).await,
+            RedisConnection::Cluster(c) => load_on(&mut c.clone(), dialect).await,
+        }
     }
+}
+
+/// Whether Redis runs the script as a Function (Redis 7 and later, the default guess) or only as
+/// an `EVALSHA` script (Redis 6, or a user whose ACL refuses `FCALL` or `FUNCTION LOAD`): learnt
+/// once per store, from the first refusal.
+#[derive(Debug, Default)]
+pub(crate) struct Dialect {
+    scripts_only: AtomicBool,
+}
+
+impl Dialect {
+    fn functions(&self) -> bool {
+        !self.scripts_only.load(Ordering::Relaxed)
+    }
+
+    fn refused(&self, error: &redis::RedisError) {
+        tracing::info!(
+            target: "tollgate_redis",
+            %error,
+            "Redis refuses Functions; the rate-limit script runs by EVALSHA"
+        );
+        self.scripts_only.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Redis refuses Functions altogether: a server older than 7.0 (`unknown command`), or an ACL
+/// without `FCALL` or `FUNCTION` (`NOPERM`).
+fn functions_refused(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOPERM")
+        || error
+            .detail()
+            .is_some_and(|d| d.contains("unknown command") || d.contains("unknown subcommand"))
+}
+
+/// The library is not loaded on the node that answered (restarted without persistence, flushed,
+/// or a new primary that never had it).
+fn function_missing(error: &redis::RedisError) -> bool {
+    error
+        .detail()
+        .is_some_and(|d| d.contains("Function not found"))
+}
+
+async fn load_function<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(&FUNCTION.code)
+        .query_async::<redis::Value>(conn)
+        .await
+        .map(drop)
+}
+
+async fn invoke_on<C: ConnectionLike + Send>(
+    conn: &mut C,
+    call: &Call<'_>,
+    dialect: &Dialect,
+) -> Result<Vec<i64>, RedisStoreError> {
+    if dialect.functions() {
+        match call.fcall().query_async(conn).await {
+            Ok(values) => return Ok(values),
+            Err(e) if function_missing(&e) => match load_function(conn).await {
+                Ok(()) => return Ok(call.fcall().query_async(conn).await?),
+                Err(e) if functions_refused(&e) => dialect.refused(&e),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) if functions_refused(&e) => dialect.refused(&e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(call.invocation().invoke_async(conn).await?)
+}
+
+async fn load_on<C: ConnectionLike + Send>(
+    conn: &mut C,
+    dialect: &Dialect,
+) -> Result<(), RedisStoreError> {
+    if dialect.functions() {
+        match load_function(conn).await {
+            Ok(()) => return Ok(()),
+            Err(e) if functions_refused(&e) => dialect.refused(&e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    SCRIPT.load_async(conn).await?;
+    Ok(())
 }
 
 #[cfg(test)]

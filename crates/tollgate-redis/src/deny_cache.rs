@@ -16,14 +16,24 @@
 //! docs) frees room the cache does not see until `t`; and the other rules of a request denied
 //! locally are not consulted (they report their capacity, see [`RedisStore`](crate::RedisStore)).
 //!
+//! **Coalescing.** A request that misses the cache while another request of this process is
+//! already asking Redis about one of its (rule, key) pairs waits for that answer (within its own
+//! budget), then looks again: when the answer was a denial, the waiting requests are denied from
+//! the cache, so a cold flood from one denied key costs one Redis call, not one per concurrent
+//! request. When the answer admitted, the waiting requests go to Redis themselves (one round trip
+//! later than they would have).
+//!
 //! Memory is bounded: a fixed number of entries, sharded; a full shard first drops expired
-//! entries, then the entry, among a sample, that expires soonest.
+//! entries, then the entry, among a sample, that expires soonest. Flights hold an entry per pair
+//! only while their call is in flight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tollgate_core::{Decision, Nanos};
+use tokio::sync::watch;
+use tollgate_core::{saturating_nanos, Decision, Nanos};
 
 const SHARDS: usize = 16;
 const EVICTION_SAMPLE: usize = 8;
@@ -39,24 +49,69 @@ struct Entry {
 }
 
 /// (rule id, key digest).
-type Slot = (u64, u128);
+pub(crate) type Slot = (u64, u128);
+
+#[derive(Debug, Default)]
+struct Shard {
+    entries: HashMap<Slot, Entry>,
+    /// The flights in the air, by the pairs they lead: (flight id, its end).
+    flights: HashMap<Slot, (u64, watch::Receiver<()>)>,
+}
 
 #[derive(Debug)]
 pub(crate) struct DenyCache {
-    shards: Box<[Mutex<HashMap<Slot, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     shard_capacity: usize,
+    /// The next flight's id.
+    flight_ids: AtomicU64,
+}
+
+/// What a request that missed the cache does: lead its pairs' call to Redis, or wait for the
+/// call already leading one of them.
+pub(crate) enum Join<'a> {
+    /// No call is in flight for these pairs: this request's call is the one others wait for,
+    /// until the flight is dropped (after its answer is in the cache).
+    Lead(Flight<'a>),
+    /// Another request's call is in flight for one of these pairs: its end.
+    Follow(watch::Receiver<()>),
+}
+
+/// A call to Redis that other requests on its pairs wait for; they are released when it is
+/// dropped (answered, failed or cancelled).
+pub(crate) struct Flight<'a> {
+    cache: &'a DenyCache,
+    id: u64,
+    slots: Vec<Slot>,
+    /// Dropped with the flight: its followers' `changed()` then returns.
+    _end: watch::Sender<()>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let mut shard = self.cache.shard(slot).lock();
+            if shard
+                .flights
+                .get(slot)
+                .is_some_and(|(id, _)| *id == self.id)
+            {
+                shard.flights.remove(slot);
+            }
+        }
+    }
 }
 
 impl DenyCache {
     /// A cache holding at most about `capacity` denials.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity: capacity.div_ceil(SHARDS).max(1),
+            flight_ids: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, slot: &Slot) -> &Mutex<HashMap<Slot, Entry>> {
+    fn shard(&self, slot: &Slot) -> &Mutex<Shard> {
         // Digests are uniform: any bits pick a shard.
         &self.shards[(slot.1 as usize ^ slot.0 as usize) % SHARDS]
     }
@@ -65,9 +120,9 @@ impl DenyCache {
     pub(crate) fn get(&self, rule: u64, key: u128, now: Nanos) -> Option<Decision> {
         let slot = (rule, key);
         let mut shard = self.shard(&slot).lock();
-        let entry = *shard.get(&slot)?;
+        let entry = *shard.entries.get(&slot)?;
         if entry.until <= now {
-            shard.remove(&slot);
+            shard.entries.remove(&slot);
             return None;
         }
         Some(Decision {
@@ -79,40 +134,74 @@ impl DenyCache {
         })
     }
 
+    /// Joins the call in flight for one of `slots` (the enforced pairs of a request that missed
+    /// the cache), or leads a new one for all of them.
+    pub(crate) fn join(&self, slots: Vec<Slot>) -> Join<'_> {
+        for slot in &slots {
+            let shard = self.shard(slot).lock();
+            if let Some((_, end)) = shard.flights.get(slot) {
+                // A flight whose leader is gone is over (its entry is about to be removed).
+                if end.has_changed().is_ok() {
+                    return Join::Follow(end.clone());
+                }
+            }
+        }
+        let id = self.flight_ids.fetch_add(1, Ordering::Relaxed);
+        let (end, ended) = watch::channel(());
+        for slot in &slots {
+            self.shard(slot)
+                .lock()
+                .flights
+                .insert(*slot, (id, ended.clone()));
+        }
+        Join::Lead(Flight {
+            cache: self,
+            id,
+            slots,
+            _end: end,
+        })
+    }
+
     /// Remembers a denial Redis gave for a request sent at `sent`.
     pub(crate) fn insert(&self, rule: u64, key: u128, sent: Nanos, decision: &Decision) {
         let Some(retry) = decision.retry_after else {
             return;
         };
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let entry = Entry {
-            until: sent.saturating_add(nanos(retry)),
-            reset_at: sent.saturating_add(nanos(decision.reset_after)),
+            until: sent.saturating_add(saturating_nanos(retry)),
+            reset_at: sent.saturating_add(saturating_nanos(decision.reset_after)),
             limit: decision.limit,
             remaining: decision.remaining,
         };
         let slot = (rule, key);
         let mut shard = self.shard(&slot).lock();
-        if shard.len() >= self.shard_capacity && !shard.contains_key(&slot) {
-            shard.retain(|_, e| e.until > sent);
-            if shard.len() >= self.shard_capacity {
-                let victim = shard
+        let entries = &mut shard.entries;
+        if entries.len() >= self.shard_capacity && !entries.contains_key(&slot) {
+            entries.retain(|_, e| e.until > sent);
+            if entries.len() >= self.shard_capacity {
+                let victim = entries
                     .iter()
                     .take(EVICTION_SAMPLE)
                     .min_by_key(|(_, e)| e.until)
                     .map(|(k, _)| *k);
                 if let Some(victim) = victim {
-                    shard.remove(&victim);
+                    entries.remove(&victim);
                 }
             }
         }
-        shard.insert(slot, entry);
+        entries.insert(slot, entry);
     }
 
     /// Entries held (expired ones included until they are swept).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().entries.len()).sum()
+    }
+
+    /// Flights registered, by pair.
+    #[cfg(test)]
+    fn flights(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().flights.len()).sum()
     }
 }
 
@@ -140,6 +229,30 @@ mod tests {
         assert!(cache.get(1, 7, 1_000 + 100_000_000).is_none());
         assert!(cache.get(2, 7, 1_000).is_none(), "other rule");
         assert!(cache.get(1, 8, 1_000).is_none(), "other key");
+    }
+
+    #[tokio::test]
+    async fn a_miss_waits_for_the_flight_on_its_pair_and_is_released_when_it_lands() {
+        let cache = DenyCache::new(100);
+        let Join::Lead(flight) = cache.join(vec![(1, 7), (2, 7)]) else {
+            panic!("the first miss leads");
+        };
+        assert!(
+            matches!(cache.join(vec![(3, 9)]), Join::Lead(_)),
+            "other pairs fly alone"
+        );
+        let Join::Follow(mut end) = cache.join(vec![(4, 4), (2, 7)]) else {
+            panic!("a miss on a pair in flight follows");
+        };
+        cache.insert(2, 7, 1_000, &denial(100));
+        drop(flight);
+        end.changed().await.unwrap_err();
+        assert!(
+            cache.get(2, 7, 2_000).is_some(),
+            "the follower finds the denial"
+        );
+        assert_eq!(cache.flights(), 0, "landed flights leave nothing behind");
+        assert!(matches!(cache.join(vec![(2, 7)]), Join::Lead(_)));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub enum RedisStoreError {
     /// Redis answered, and refused to run the script: authentication, ACL permissions, or a
     /// server that does not support what the script needs. Not unavailability: the breaker
     /// stays closed.
-    #[error("Redis refused the rate-limit script: {0}; check the credentials, that the user may run EVALSHA, SCRIPT LOAD, TIME, GET, SET and DEL, and that Redis is 6.0 or later")]
+    #[error("Redis refused the rate-limit script: {0}; check the credentials, that the user may run FCALL and FUNCTION LOAD (Redis 7) or EVALSHA and SCRIPT LOAD, and TIME, GET, SET and DEL, and that Redis is 6.0 or later")]
     Refused(redis::RedisError),
     /// The tollgate script raised an error, or the reply could not be read as its reply: a bug
     /// or an incompatible script version, not unavailability (the breaker stays closed).

@@ -27,8 +27,8 @@
 //!
 //! # One round trip per request
 //!
-//! Every (rule, key) of a request is decided in **one** Lua script call (`EVALSHA`; the script
-//! is loaded again on `NOSCRIPT`): decide all, write only if no enforced rule denies, so a request
+//! Every (rule, key) of a request is decided in **one** Lua script call (`FCALL` of a Redis
+//! Function on Redis 7, else `EVALSHA`; see the end of this page): decide all, write only if no enforced rule denies, so a request
 //! refused by one bucket never burns another. Shadow rules are charged when they admit and never
 //! deny. Time is Redis `TIME`, so instances whose clocks disagree still agree.
 //!
@@ -83,9 +83,11 @@
 //! pairs and computes differences from now, which the core bounds below 2^53
 //! ([`MAX_PERIOD_NANOS`](tollgate_core::MAX_PERIOD_NANOS),
 //! [`MAX_BURST_SPAN_NANOS`](tollgate_core::MAX_BURST_SPAN_NANOS)). Window alignment
-//! (`now mod period`) uses a mulmod by doubling; the sliding-window counter's
-//! `floor`/`ceil(a·b/c)` is a binary long multiplication whose remainder stays below `2c`.
-//! The script returns every figure (remaining, reset, retry) as an integer below 2^53, exact.
+//! (`now mod period`) is `(s mod P)·10^9 + n` for a period of whole seconds `P`, else a mulmod
+//! (direct while the product stays below 2^53, by doubling beyond); the sliding-window
+//! counter's `floor`/`ceil(a·b/c)` is one division while `a·b` stays below 2^53, else a binary
+//! long multiplication whose remainder stays below `2c`. The script returns every figure
+//! (remaining, reset, retry) as an integer below 2^53, exact.
 //!
 //! # Connections
 //!
@@ -140,6 +142,14 @@
 //! request, so its cached denial still answers. The rules of a request denied locally that are
 //! not in the cache are not consulted: they report an admission at full capacity.
 //!
+//! Concurrent misses share one call: a request that misses the cache while another request of
+//! this process is asking Redis about one of its (rule, key) pairs waits for that answer (within
+//! its budget) and is denied locally if it was a denial. A cold flood of 256 concurrent callers
+//! from one denied key costs one Redis call (the test
+//! `a_cold_flood_from_a_denied_key_shares_one_redis_call`). When that answer admits, the waiting
+//! requests then ask Redis themselves, one round trip later than they would have;
+//! [`RedisStoreStats::coalesced`] counts the requests that waited.
+//!
 //! # When Redis fails
 //!
 //! Each decision has a time budget (default 50 ms, connection checkout included). On an error or
@@ -176,7 +186,14 @@
 //! - `stats`: [`RedisStoreStats`].
 //! - `error`: [`RedisStoreError`].
 //!
-//! Requires Redis 6.0 or later (`SET … KEEPTTL`); tested with 7.0.
+//! Requires Redis 6.0 or later (`SET … KEEPTTL`); tested with 7.0. On Redis 7 the script runs
+//! as a Redis Function ([`FUNCTION`]: `FUNCTION LOAD` once per primary, then one `FCALL` per
+//! decision), which costs Redis about a third less CPU per decision than `EVALSHA`, which runs
+//! the script's whole body, its helpers' definitions included, on every call. Where Functions
+//! are refused (Redis 6: `unknown command`; an ACL without `FCALL` or `FUNCTION`: `NOPERM`) the
+//! store runs the same code by `EVALSHA` ([`LUA_SOURCE`]) from the first refusal on. A library
+//! missing on the node that answers (a restart without persistence, `FUNCTION FLUSH`, a new
+//! primary) is loaded again and the call retried, as `EVALSHA` does on `NOSCRIPT`.
 
 #![warn(missing_docs)]
 
@@ -193,7 +210,7 @@ pub use client_quotas::RedisClientQuotas;
 pub use connection::{redact_url, RedisConnection};
 pub use error::RedisStoreError;
 pub use policy::{BreakerConfig, FailurePolicy};
-pub use script::LUA_SOURCE;
+pub use script::{Library, FUNCTION, LUA_SOURCE};
 pub use stats::RedisStoreStats;
 pub use store::{
     RedisStore, RedisStoreBuilder, DEFAULT_BUDGET, DEFAULT_DENY_CACHE_CAPACITY, DEFAULT_PREFIX,

@@ -1,5 +1,5 @@
-//! The Lua script and its wire format: how a request's checks become one `EVALSHA`, and how the
-//! reply becomes [`Decision`]s.
+//! The Lua script and its wire format: how a request's checks become one `FCALL` (or
+//! `EVALSHA`), and how the reply becomes [`Decision`]s.
 //!
 //! This module owns the protocol only (no connections, no policy). The script itself is
 //! `tollgate.lua` beside this file; its header documents the arguments and the reply.
@@ -17,17 +17,44 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Script, ScriptInvocation};
-use tollgate_core::{Algorithm, Decision, Nanos, Replay, Rule};
+use redis::{Cmd, Script, ScriptInvocation, ToRedisArgs};
+use tollgate_core::{saturating_nanos, Algorithm, Decision, Nanos, Replay, Rule};
 
 use crate::error::RedisStoreError;
 
-/// The one script, loaded once per Redis node (`SCRIPT LOAD` on `NOSCRIPT`).
-pub(crate) static SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("tollgate.lua")));
+/// The script as `EVALSHA` runs it, loaded once per Redis node (`SCRIPT LOAD` on `NOSCRIPT`).
+pub(crate) static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA_SOURCE));
 
-/// The script's source, for operators who want to inspect or preload it.
-pub const LUA_SOURCE: &str = include_str!("tollgate.lua");
+/// The script's source as `EVAL`/`EVALSHA` runs it (Redis 6, or a Redis that refuses Functions),
+/// for operators who want to inspect or preload it. [`FUNCTION`] is the same code as a Redis
+/// Function library.
+pub const LUA_SOURCE: &str = concat!(
+    include_str!("tollgate.lua"),
+    "\nreturn tollgate(KEYS, ARGV)\n"
+);
+
+/// The script as a Redis Function library (Redis 7 and later), the store's first choice:
+/// `FUNCTION LOAD` runs its body once, so a call (`FCALL`) runs only the decision, where
+/// `EVALSHA` runs the whole body, its helpers' definitions included, on every call. The library
+/// and its one function are named after the code's SHA1, so that instances running different
+/// versions never call each other's code.
+pub static FUNCTION: LazyLock<Library> = LazyLock::new(|| {
+    let name = format!("tollgate_{}", &SCRIPT.get_hash()[..16]);
+    let code = format!(
+        "#!lua name={name}\n{}\nredis.register_function('{name}', tollgate)\n",
+        include_str!("tollgate.lua")
+    );
+    Library { name, code }
+});
+
+/// A Redis Function library: see [`FUNCTION`].
+#[derive(Debug)]
+pub struct Library {
+    /// The library's name, which is also its function's (`FCALL <name> ...`).
+    pub name: String,
+    /// The library's code, for `FUNCTION LOAD`.
+    pub code: String,
+}
 
 /// The longest idempotency-record lifetime passed to Redis (2^52 ns, about 52 days), so that it
 /// stays exact in Lua.
@@ -189,28 +216,17 @@ fn split(t: Nanos) -> (u64, u64) {
     (t / NANOS_PER_SEC, t % NANOS_PER_SEC)
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-fn flag(on: bool) -> &'static str {
-    if on {
-        "1"
-    } else {
-        "0"
-    }
-}
-
-/// The script's name for `algorithm`: the letter of its state's tag (`g1:`, `f1:`, `l1:`, `w1:`),
-/// one byte per rule on the wire.
-fn algorithm_code(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::FixedWindow => "f",
-        Algorithm::SlidingLog => "l",
-        Algorithm::SlidingWindow => "w",
+/// A rule's code in the script's `ARGV`: the letter of its algorithm's state tag (`g1:`, `f1:`,
+/// `l1:`, `w1:`), then whether it is a shadow rule and whether it honours replays (`0|1` each).
+fn rule_code(rule: &Rule) -> &'static str {
+    let codes: [&'static str; 4] = match rule.algorithm() {
+        Algorithm::FixedWindow => ["f00", "f01", "f10", "f11"],
+        Algorithm::SlidingLog => ["l00", "l01", "l10", "l11"],
+        Algorithm::SlidingWindow => ["w00", "w01", "w10", "w11"],
         // GCRA, and any algorithm added to the core later is refused by `supported`.
-        _ => "g",
-    }
+        _ => ["g00", "g01", "g10", "g11"],
+    };
+    codes[usize::from(rule.is_shadow()) * 2 + usize::from(rule.honours_replays())]
 }
 
 /// Whether the script implements `algorithm` (every algorithm the core has today).
@@ -221,61 +237,96 @@ pub(crate) fn supported(algorithm: Algorithm) -> bool {
     )
 }
 
+/// Where a call's keys, then its arguments, are written: an `EVALSHA` invocation or an `FCALL`.
+trait Sink {
+    fn key(&mut self, key: &str) -> &mut Self;
+    fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self;
+}
+
+impl Sink for ScriptInvocation<'_> {
+    fn key(&mut self, key: &str) -> &mut Self {
+        ScriptInvocation::key(self, key)
+    }
+    fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        ScriptInvocation::arg(self, arg)
+    }
+}
+
+impl Sink for Cmd {
+    fn key(&mut self, key: &str) -> &mut Self {
+        Cmd::arg(self, key)
+    }
+    fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        Cmd::arg(self, arg)
+    }
+}
+
 impl Call<'_> {
     /// The `EVALSHA` invocation.
     pub(crate) fn invocation(&self) -> ScriptInvocation<'static> {
         let mut inv = SCRIPT.prepare_invoke();
+        self.write(&mut inv);
+        inv
+    }
+
+    /// The `FCALL` of [`FUNCTION`].
+    pub(crate) fn fcall(&self) -> Cmd {
+        let keys = self.targets.len() + usize::from(matches!(self.replay, ReplayArg::Record(..)));
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(&FUNCTION.name).arg(keys);
+        self.write(&mut cmd);
+        cmd
+    }
+
+    /// The keys, then the arguments, in the order of the script's header.
+    fn write(&self, sink: &mut impl Sink) {
         for target in self.targets {
-            inv.key(&target.key);
+            sink.key(&target.key);
         }
         if let ReplayArg::Record(key, _) = self.replay {
-            inv.key(key);
+            sink.key(key);
         }
-        inv.arg(self.mode.name());
+        sink.arg(self.mode.name());
         match self.now {
             Some(now) => {
                 let (s, n) = split(now);
-                inv.arg(s).arg(n);
+                sink.arg(s).arg(n);
             }
             None => {
-                inv.arg("").arg("");
+                sink.arg("").arg("");
             }
         }
-        inv.arg(self.targets.len());
+        sink.arg(self.targets.len());
         match self.replay {
             ReplayArg::Record(_, r) => {
-                let ttl = nanos(r.ttl).clamp(1, MAX_REPLAY_TTL_NANOS);
-                inv.arg("record").arg(ttl).arg(r.max_replays);
+                let ttl = saturating_nanos(r.ttl).clamp(1, MAX_REPLAY_TTL_NANOS);
+                sink.arg("record").arg(ttl).arg(r.max_replays);
             }
             ReplayArg::Taken => {
-                inv.arg("taken").arg(0).arg(0);
+                sink.arg("taken").arg(0).arg(0);
             }
             ReplayArg::None => {
-                inv.arg("none").arg(0).arg(0);
+                sink.arg("none").arg(0).arg(0);
             }
         }
         match self.charged_at {
             Some(t) => {
                 let (s, n) = split(t);
-                inv.arg(s).arg(n);
+                sink.arg(s).arg(n);
             }
             None => {
-                inv.arg("").arg("");
+                sink.arg("").arg("");
             }
         }
         for target in self.targets {
             let rule = &target.rule;
             let quota = rule.quota();
-            inv.arg(algorithm_code(rule.algorithm()))
-                .arg(quota.limit())
-                .arg(nanos(quota.period()))
-                .arg(nanos(quota.emission_interval()))
-                .arg(quota.burst())
-                .arg(rule.cost())
-                .arg(flag(rule.is_shadow()))
-                .arg(flag(rule.honours_replays()));
+            let (a, b) = match rule.algorithm() {
+                Algorithm::Gcra => (saturating_nanos(quota.emission_interval()), quota.burst()),
+                _ => (quota.limit(), saturating_nanos(quota.period())),
+            };
+            sink.arg(rule_code(rule)).arg(a).arg(b).arg(rule.cost());
         }
-        inv
     }
 }
 

@@ -34,6 +34,10 @@ pub struct RedisStoreStats {
     pub short_circuited: u64,
     /// Requests denied by the local deny cache without asking Redis.
     pub deny_cache_hits: u64,
+    /// Requests that missed the deny cache while another request on one of their (rule, key)
+    /// pairs was asking Redis, and waited for its answer (those it denied are also counted in
+    /// `deny_cache_hits`; the others then asked Redis themselves).
+    pub coalesced: u64,
     /// Cluster: per-slot charges reversed, and free replays given back, after another slot
     /// denied the request.
     pub refunds: u64,
@@ -55,6 +59,7 @@ pub(crate) struct Counters {
     pub breaker_trips: AtomicU64,
     pub short_circuited: AtomicU64,
     pub deny_cache_hits: AtomicU64,
+    pub coalesced: AtomicU64,
     pub refunds: AtomicU64,
     pub refund_failures: AtomicU64,
 }
@@ -78,6 +83,7 @@ impl Counters {
             breaker_trips: get(&self.breaker_trips),
             short_circuited: get(&self.short_circuited),
             deny_cache_hits: get(&self.deny_cache_hits),
+            coalesced: get(&self.coalesced),
             refunds: get(&self.refunds),
             refund_failures: get(&self.refund_failures),
         }

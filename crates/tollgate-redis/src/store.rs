@@ -17,8 +17,8 @@ use tollgate_core::{
     SystemClock,
 };
 
-use crate::connection::RedisConnection;
-use crate::deny_cache::DenyCache;
+use crate::connection::{Dialect, RedisConnection};
+use crate::deny_cache::{DenyCache, Join, Slot};
 use crate::error::RedisStoreError;
 use crate::policy::{Admission, Breaker, BreakerConfig, FailurePolicy};
 use crate::script::{self, Call, Mode, ReplayArg, Reply, Target};
@@ -37,7 +37,7 @@ pub const DEFAULT_DENY_CACHE_CAPACITY: usize = 10_000;
 /// Rate-limit state in Redis, shared by every instance of an API. Cloning is cheap and shares
 /// the connection, caches and counters.
 ///
-/// One request is one script call (`EVALSHA`): every rule is decided against Redis `TIME`, and
+/// One request is one script call (`FCALL`, or `EVALSHA`): every rule is decided against Redis `TIME`, and
 /// written only if no enforced rule denies. See the [crate documentation](crate) for keys,
 /// expiry, Cluster, the deny cache and the failure policy.
 ///
@@ -80,6 +80,8 @@ impl std::fmt::Debug for RedisStore {
 
 struct Inner {
     conn: RedisConnection,
+    /// Whether the script runs as a Function or by `EVALSHA`.
+    dialect: Dialect,
     prefix: Box<str>,
     budget: Duration,
     policy: FailurePolicy,
@@ -207,6 +209,7 @@ impl RedisStoreBuilder {
         RedisStore {
             inner: Arc::new(Inner {
                 conn: self.conn,
+                dialect: Dialect::default(),
                 prefix: self.prefix.into_boxed_str(),
                 budget: self.budget,
                 policy: self.policy,
@@ -264,7 +267,7 @@ impl RedisStore {
     /// Loads the script into Redis (every primary, in Cluster), so that the first decision does
     /// not pay a `NOSCRIPT` round trip. Optional: a missing script is loaded on demand.
     pub async fn load_script(&self) -> Result<(), RedisStoreError> {
-        self.inner.conn.load_script().await
+        self.inner.conn.load_script(&self.inner.dialect).await
     }
 }
 
@@ -339,11 +342,31 @@ impl RedisStore {
         if checks.is_empty() {
             return Ok(Outcome::new(checks, Decisions::new(), false));
         }
-        let sent = inner.clock.now();
+        let mut sent = inner.clock.now();
+        // The budget covers the whole decision: waiting for another request's call included.
+        let deadline = tokio::time::Instant::now() + inner.budget;
+        // Held until this request's answer is in the deny cache: requests on the same pairs
+        // wait for it (see `deny_cache`).
+        let mut _flight = None;
         if mode == Mode::Check {
             if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
                 bump(&inner.counters.deny_cache_hits);
                 return Ok(outcome);
+            }
+            if let Some(cache) = &inner.deny_cache {
+                match cache.join(cached_pairs(checks, replay.is_some()).collect()) {
+                    Join::Lead(flight) => _flight = Some(flight),
+                    Join::Follow(mut landed) => {
+                        bump(&inner.counters.coalesced);
+                        // Ends when the flight lands, fails or is cancelled.
+                        let _ = tokio::time::timeout_at(deadline, landed.changed()).await;
+                        sent = inner.clock.now();
+                        if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
+                            bump(&inner.counters.deny_cache_hits);
+                            return Ok(outcome);
+                        }
+                    }
+                }
             }
         }
         if inner.breaker.admit(inner.budget) == Admission::Skip {
@@ -357,7 +380,7 @@ impl RedisStore {
         }
         bump(&inner.counters.redis_calls);
         let result =
-            tokio::time::timeout(inner.budget, self.remote(checks, replay, mode, sent)).await;
+            tokio::time::timeout_at(deadline, self.remote(checks, replay, mode, sent)).await;
         let error = match result {
             Ok(Ok(outcome)) => {
                 if inner.breaker.success() {
@@ -398,8 +421,7 @@ impl RedisStore {
         let decisions: Decisions = checks
             .iter()
             .map(|c| {
-                let may_be_free = replay && c.rule.honours_replays();
-                if !c.rule.is_shadow() && !may_be_free {
+                if cached(c, replay) {
                     if let Some(d) = cache.get(c.rule.id(), c.key.as_u128(), now) {
                         hit = true;
                         return d;
@@ -442,7 +464,7 @@ impl RedisStore {
 
     /// One script call and its parsed reply.
     async fn call(&self, call: Call<'_>) -> Result<Reply, RedisStoreError> {
-        let values = self.inner.conn.invoke(&call.invocation()).await?;
+        let values = self.inner.conn.invoke(&call, &self.inner.dialect).await?;
         call.reply(&values)
     }
 
@@ -524,6 +546,21 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// Whether the deny cache may answer for `check`: an enforced rule, and not one where the
+/// request may be a free replay (Redis alone knows).
+fn cached(check: &Check<'_>, replay: bool) -> bool {
+    let may_be_free = replay && check.rule.honours_replays();
+    !check.rule.is_shadow() && !may_be_free
+}
+
+/// The (rule, key) pairs of `checks` the deny cache answers for.
+fn cached_pairs<'a>(checks: &'a [Check<'_>], replay: bool) -> impl Iterator<Item = Slot> + 'a {
+    checks
+        .iter()
+        .filter(move |c| cached(c, replay))
+        .map(|c| (c.rule.id(), c.key.as_u128()))
 }
 
 /// A rule's decision when it was not consulted (Redis unavailable under fail-open, or another

@@ -550,14 +550,14 @@ async fn no_stored_value_makes_the_script_raise() {
                 let limit = rng.range(1, 1_000);
                 let period = rng.range(1, 1 << 40);
                 let interval = (period / limit).max(1);
-                inv.arg(["g", "f", "l", "w"][rng.range(0, 3) as usize])
-                    .arg(limit)
-                    .arg(period)
-                    .arg(interval)
-                    .arg(rng.range(1, limit))
-                    .arg(rng.range(1, limit))
-                    .arg(rng.range(0, 1))
-                    .arg(rng.range(0, 1));
+                let algorithm = ["g", "f", "l", "w"][rng.range(0, 3) as usize];
+                let code = format!("{algorithm}{}{}", rng.range(0, 1), rng.range(0, 1));
+                let (a, b) = if algorithm == "g" {
+                    (interval, rng.range(1, limit))
+                } else {
+                    (limit, period)
+                };
+                inv.arg(code).arg(a).arg(b).arg(rng.range(1, limit));
             }
         }
         let reply: Result<Vec<i64>, _> = inv.invoke_async(&mut admin).await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::{Check, KeySecret, Quota, Rule, Store};
 use tollgate_redis::{BreakerConfig, FailurePolicy, RedisConnection, RedisStore, RedisStoreError};
 
-use crate::support::{DeadPort, TestRedis};
+use crate::support::{command_calls, DeadPort, TestRedis};
 
 const BUDGET: Duration = Duration::from_millis(50);
 /// Scheduling slack on a loaded 2-core machine in a debug build: the budget bounds the Redis
@@ -303,30 +303,39 @@ async fn policies_without_redis() {
     assert!(breaker.breaker_open());
 }
 
-/// Redis answers but refuses the script (an ACL without EVALSHA): every request is decided by
+/// A Redis user that may run every command but `denied`; its URL.
+async fn acl_user(redis: &TestRedis, user: &str, password: &str, denied: &[&str]) -> String {
+    let mut setuser = redis::cmd("ACL");
+    setuser
+        .arg("SETUSER")
+        .arg(user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("+@all");
+    for command in denied {
+        setuser.arg(format!("-{command}"));
+    }
+    let _: () = setuser.query_async(&mut redis.admin().await).await.unwrap();
+    redis
+        .url()
+        .replace("redis://", &format!("redis://{user}:{password}@"))
+}
+
+/// Redis answers but refuses the script (an ACL without EVALSHA or FCALL): every request is decided by
 /// the policy and logged, but this is not an outage, so the breaker stays closed and nothing
 /// shows the password.
 #[tokio::test]
 async fn a_refused_script_is_not_an_outage() {
     const PASSWORD: &str = "pw-Zm9vYmFyYmF6";
     let redis = TestRedis::start().await;
-    let mut admin = redis.admin().await;
-    let _: () = redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("limited")
-        .arg("on")
-        .arg(format!(">{PASSWORD}"))
-        .arg("~*")
-        .arg("+@all")
-        .arg("-evalsha")
-        .arg("-eval")
-        .arg("-script")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let url = redis
-        .url()
-        .replace("redis://", &format!("redis://limited:{PASSWORD}@"));
+    let url = acl_user(
+        &redis,
+        "limited",
+        PASSWORD,
+        &["evalsha", "eval", "script", "fcall", "function"],
+    )
+    .await;
     let rule = rule();
     let key = KeySecret::DEFAULT.key().part(b"acl").finish();
     let checks = [Check { rule: &rule, key }];
@@ -363,4 +372,30 @@ async fn a_refused_script_is_not_an_outage() {
     ] {
         assert!(!shown.contains(PASSWORD), "{shown}");
     }
+}
+
+/// A user whose ACL refuses Functions (as Redis 6 would not know them) runs the script by
+/// `EVALSHA` instead: every decision exact, none degraded.
+#[tokio::test]
+async fn a_redis_that_refuses_functions_runs_the_script() {
+    const PASSWORD: &str = "pw-c2NyaXB0cw";
+    let redis = TestRedis::start().await;
+    let mut admin = redis.admin().await;
+    let url = acl_user(&redis, "scripts", PASSWORD, &["fcall", "function"]).await;
+    let store = RedisStore::connect(url.as_str()).await.unwrap();
+    let rule = Rule::builder("r", Quota::per_minute(10).unwrap())
+        .build()
+        .unwrap();
+    let checks = [Check {
+        rule: &rule,
+        key: KeySecret::DEFAULT.key().part(b"no-functions").finish(),
+    }];
+    for remaining in (0..10).rev() {
+        let outcome = store.check(&checks, None).await.unwrap();
+        assert_eq!(outcome.decisions[0].remaining, remaining, "{outcome:?}");
+    }
+    assert!(!store.check(&checks, None).await.unwrap().allowed);
+    let s = store.stats();
+    assert_eq!((s.degraded, s.script_errors), (0, 0), "{s:?}");
+    assert_eq!(command_calls(&mut admin, "evalsha").await, 11);
 }

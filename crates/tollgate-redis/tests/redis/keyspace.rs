@@ -6,7 +6,7 @@ use tollgate_core::{Algorithm, Check, KeySecret, Nanos, Quota, Replay, Rule, Sto
 use tollgate_redis::{RedisConnection, RedisStore};
 
 use crate::realtime::{assert_expiry, needed_until, redis_now, sleep_until, SET_LATENESS_MS};
-use crate::support::{scan_keys, TestRedis};
+use crate::support::{command_calls, scan_keys, TestRedis};
 
 /// Realistic raw identities, as an HTTP layer would see them.
 const TOKENS: [&str; 3] = [
@@ -240,7 +240,7 @@ async fn idle_state_expires_by_itself_once_it_stops_mattering() {
 }
 
 #[tokio::test]
-async fn the_script_is_reloaded_after_script_flush() {
+async fn the_function_is_reloaded_after_function_flush_and_the_script_after_script_flush() {
     let redis = TestRedis::start().await;
     let store = RedisStore::connect(redis.url()).await.unwrap();
     let rule = Rule::builder("r", Quota::per_minute(10).unwrap())
@@ -248,19 +248,35 @@ async fn the_script_is_reloaded_after_script_flush() {
         .unwrap();
     let key = KeySecret::DEFAULT.key().part(b"noscript").finish();
     let checks = [Check { rule: &rule, key }];
-    assert_eq!(
-        store.check(&checks, None).await.unwrap().decisions[0].remaining,
-        9
-    );
     let mut admin = redis.admin().await;
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
+    for (remaining, flush) in [(9, None), (8, Some("FUNCTION")), (7, Some("SCRIPT"))] {
+        if let Some(what) = flush {
+            let _: () = redis::cmd(what)
+                .arg("FLUSH")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            store.check(&checks, None).await.unwrap().decisions[0].remaining,
+            remaining,
+            "after {flush:?} FLUSH"
+        );
+    }
+    assert_eq!(store.stats().degraded, 0);
+    // Redis 7 runs it as a Function: every decision was an FCALL (the one after FUNCTION FLUSH
+    // a second time, once the library was loaded again).
+    assert!(command_calls(&mut admin, "fcall").await >= 3);
+    assert_eq!(command_calls(&mut admin, "evalsha").await, 0);
+    let libraries: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg(&tollgate_redis::FUNCTION.name)
         .query_async(&mut admin)
         .await
         .unwrap();
-    assert_eq!(
-        store.check(&checks, None).await.unwrap().decisions[0].remaining,
-        8
+    assert!(
+        matches!(&libraries, redis::Value::Array(l) if l.len() == 1),
+        "{libraries:?}"
     );
-    assert_eq!(store.stats().degraded, 0);
 }

@@ -11,6 +11,7 @@ mod support;
 mod bench;
 mod conformance;
 mod corruption;
+mod cost;
 mod differential;
 mod faults;
 mod http_keyspace;

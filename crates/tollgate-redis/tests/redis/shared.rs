@@ -10,7 +10,7 @@ use tollgate_core::{
 };
 use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 
-use crate::support::{patient, TestCluster, TestRedis};
+use crate::support::{command_stats, patient, patient_cluster, TestCluster, TestRedis};
 
 fn unique_key(label: &str) -> Key {
     let nonce = SystemTime::now()
@@ -31,18 +31,6 @@ fn strict(connection: RedisConnection) -> RedisStore {
         .budget(Duration::from_secs(5))
         .failure_policy(FailurePolicy::FailClosed)
         .build()
-}
-
-async fn patient_cluster(urls: impl IntoIterator<Item = String>) -> RedisConnection {
-    redis::cluster::ClusterClientBuilder::new(urls)
-        .connection_timeout(Duration::from_secs(10))
-        .response_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-        .into()
 }
 
 /// Fires `n` concurrent checks, alternating between the stores; returns how many were admitted.
@@ -430,4 +418,61 @@ async fn an_abusive_client_does_not_turn_into_redis_load() {
         stats.redis_calls
     );
     assert!(stats.deny_cache_hits >= 988);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_flood_from_a_denied_key_shares_one_redis_call() {
+    const CALLERS: usize = 256;
+    const PER_CALLER: usize = 8;
+    let redis = TestRedis::start().await;
+    let mut admin = redis.admin().await;
+    let rule = Rule::builder("flood", Quota::per_hour(1).unwrap())
+        .build()
+        .unwrap();
+    let key = unique_key("cold-flood");
+    let checks = [Check { rule: &rule, key }];
+    // Another instance spent the key: this one has never heard of it.
+    let other = strict(patient(redis.url()).await);
+    assert!(other.check(&checks, None).await.unwrap().allowed);
+    let store = Arc::new(strict(patient(redis.url()).await));
+    store.load_script().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let callers = (0..CALLERS).map(|_| {
+        let store = Arc::clone(&store);
+        let rule = rule.clone();
+        tokio::spawn(async move {
+            let checks = [Check { rule: &rule, key }];
+            for _ in 0..PER_CALLER {
+                let outcome = store.check(&checks, None).await.unwrap();
+                assert!(!outcome.allowed, "{outcome:?}");
+            }
+        })
+    });
+    for caller in callers.collect::<Vec<_>>() {
+        caller.await.unwrap();
+    }
+    let requests = (CALLERS * PER_CALLER) as f64;
+    // Every command Redis executed, the script's own included.
+    let commands: u64 = command_stats(&mut admin)
+        .await
+        .iter()
+        .filter(|(name, _, _)| !matches!(name.as_str(), "info" | "config"))
+        .map(|(_, calls, _)| calls)
+        .sum();
+    let stats = store.stats();
+    assert!(
+        commands as f64 / requests <= 0.01,
+        "{commands} Redis commands for {requests} denied requests ({stats:?})"
+    );
+    assert_eq!(stats.redis_calls, 1, "{stats:?}");
+    // Whether the others waited for that call (`coalesced`) or came after it depends on how the
+    // tasks were scheduled; either way they were answered locally.
+    assert_eq!(
+        stats.deny_cache_hits,
+        CALLERS as u64 * PER_CALLER as u64 - 1
+    );
 }

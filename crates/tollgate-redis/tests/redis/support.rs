@@ -550,3 +550,51 @@ pub async fn scan_keys(
     keys.sort();
     keys
 }
+
+/// `INFO commandstats` as (command, calls, usec), the commands scripts run included.
+pub async fn command_stats(
+    admin: &mut redis::aio::MultiplexedConnection,
+) -> Vec<(String, u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |f: &str| -> u64 {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(f))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            Some((name.to_owned(), field("calls="), field("usec=")))
+        })
+        .collect()
+}
+
+/// Calls of `command` (lower case) so far.
+pub async fn command_calls(admin: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    command_stats(admin)
+        .await
+        .iter()
+        .filter(|(name, _, _)| name == command)
+        .map(|(_, calls, _)| calls)
+        .sum()
+}
+
+/// A patient Cluster connection (see [`patient`]).
+pub async fn patient_cluster(
+    urls: impl IntoIterator<Item = String>,
+) -> tollgate_redis::RedisConnection {
+    redis::cluster::ClusterClientBuilder::new(urls)
+        .connection_timeout(Duration::from_secs(10))
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+        .into()
+}
