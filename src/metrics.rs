@@ -5,7 +5,7 @@
 //!
 //! | name | kind | labels | counts |
 //! | --- | --- | --- | --- |
-//! | `tollgate_decisions_total` | counter | `rule`, `outcome` | each limit's decision of a request: `allowed`, `denied`, `shadow_denied`, `error` (the store failed); `outcome="exempt"` (with `rule=""`) for exempt requests |
+//! | `tollgate_decisions_total` | counter | `rule`, `outcome` | each limit's decision of a request: `allowed`, `denied`, `shadow_denied`, `degraded` (the store's failure policy decided: Redis failing open or its fallback), `error` (the store failed: a 503); `outcome="exempt"` (with `rule=""`) for exempt requests |
 //! | `tollgate_near_limit_total` | counter | `rule` | admitted requests that left less than the near-limit share (default 20%) of the limit: customers about to be limited |
 //! | `tollgate_replays_total` | counter | | requests admitted free as idempotent replays |
 //! | `tollgate_store_seconds` | histogram | `store`, `op` | the store's time to decide (`op="check"`) or to peek (`op="peek"`, limits charged by the response) |
@@ -24,6 +24,7 @@ pub(crate) struct Counters {
     pub(crate) denied: AtomicU64,
     pub(crate) shadow_denied: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) degraded: AtomicU64,
     pub(crate) near_limit: AtomicU64,
     exported: exported::Limit,
 }
@@ -40,6 +41,7 @@ impl Counters {
             denied: AtomicU64::new(0),
             shadow_denied: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            degraded: AtomicU64::new(0),
             near_limit: AtomicU64::new(0),
             exported: exported::Limit::new(rule),
         }
@@ -65,6 +67,11 @@ impl Counters {
         self.exported.error();
     }
 
+    pub(crate) fn degraded(&self) {
+        bump(&self.degraded);
+        self.exported.degraded();
+    }
+
     pub(crate) fn near_limit(&self) {
         bump(&self.near_limit);
         self.exported.near_limit();
@@ -77,6 +84,7 @@ impl Counters {
             denied: self.denied.load(Ordering::Relaxed),
             shadow_denied: self.shadow_denied.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            degraded: self.degraded.load(Ordering::Relaxed),
             near_limit: self.near_limit.load(Ordering::Relaxed),
         }
     }
@@ -167,6 +175,7 @@ mod exported {
         denied: Counter,
         shadow_denied: Counter,
         error: Counter,
+        degraded: Counter,
         near_limit: Counter,
     }
 
@@ -179,6 +188,7 @@ mod exported {
                 denied: outcome("denied"),
                 shadow_denied: outcome("shadow_denied"),
                 error: outcome("error"),
+                degraded: outcome("degraded"),
                 near_limit: counter!("tollgate_near_limit_total", "rule" => rule.to_owned()),
             }
         }
@@ -193,6 +203,9 @@ mod exported {
         }
         pub(crate) fn error(&self) {
             self.error.increment(1);
+        }
+        pub(crate) fn degraded(&self) {
+            self.degraded.increment(1);
         }
         pub(crate) fn near_limit(&self) {
             self.near_limit.increment(1);
@@ -248,6 +261,7 @@ mod exported {
         pub(crate) fn denied(&self) {}
         pub(crate) fn shadow_denied(&self) {}
         pub(crate) fn error(&self) {}
+        pub(crate) fn degraded(&self) {}
         pub(crate) fn near_limit(&self) {}
     }
 
@@ -278,6 +292,9 @@ pub struct LimitMetrics {
     pub shadow_denied: u64,
     /// Requests it applied to that the store could not decide (answered 503).
     pub errors: u64,
+    /// Requests it applied to that the store's failure policy decided (Redis failing open, or
+    /// its local fallback): not counted as allowed or denied.
+    pub degraded: u64,
     /// Admitted requests that left less than the near-limit share of the limit
     /// ([`RateLimitBuilder::near_limit_percent`](crate::RateLimitBuilder::near_limit_percent)).
     pub near_limit: u64,

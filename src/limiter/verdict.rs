@@ -95,7 +95,10 @@ impl<S: Store> Limiter<S> {
     fn count(&self, plan: &Plan, outcome: &Outcome) {
         for (limit, decision) in self.applied(plan).zip(&outcome.decisions) {
             let counters = &limit.counters;
-            if limit.rule.is_shadow() && !decision.allowed {
+            if outcome.degraded {
+                // The store's failure policy answered: not this limit's own decision.
+                counters.degraded();
+            } else if limit.rule.is_shadow() && !decision.allowed {
                 counters.shadow_denied();
                 if let Some(suppressed) = limit.shadow_log.permit() {
                     tracing::info!(

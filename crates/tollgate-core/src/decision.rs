@@ -67,6 +67,10 @@ pub struct Outcome {
     /// replay: the rules that [honour replays](crate::Rule::honours_replays) did not charge it.
     /// Never set on a denied request.
     pub replayed: bool,
+    /// Decided without the store's own state: a shared store's failure policy answered (a
+    /// Redis store failing open, or deciding on its local fallback). Never set by the memory
+    /// store.
+    pub degraded: bool,
     /// One decision per check, in order.
     pub decisions: Decisions,
 }
@@ -84,6 +88,7 @@ impl Outcome {
             allowed: false,
             binding: None,
             replayed,
+            degraded: false,
             decisions,
         };
         outcome.settle(checks);
@@ -97,6 +102,7 @@ impl Outcome {
             allowed: false,
             binding: None,
             replayed,
+            degraded: false,
             decisions: Decisions::new(),
         }
     }

@@ -445,6 +445,7 @@ impl<C: Clock> MemoryStore<C> {
             allowed: shadow || decision.allowed,
             binding: (!shadow).then_some(0),
             replayed: false,
+            degraded: false,
             decisions: smallvec::smallvec![decision],
         };
         debug_assert_eq!(

@@ -1,4 +1,7 @@
-//! Counters of what the store did, for dashboards and alerts: [`RedisStoreStats`].
+//! Counters of what the store did, for dashboards and alerts: [`RedisStoreStats`]; with the
+//! `metrics` feature also `tollgate_breaker_open{store="redis"}` (a gauge, 1 while the circuit
+//! breaker is open) and `tollgate_deny_cache_hits_total` through the `metrics` facade,
+//! registered when the store is built (install the exporter first).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -46,7 +49,7 @@ pub struct RedisStoreStats {
     pub refund_failures: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub redis_calls: AtomicU64,
     pub redis_failures: AtomicU64,
@@ -62,6 +65,37 @@ pub(crate) struct Counters {
     pub coalesced: AtomicU64,
     pub refunds: AtomicU64,
     pub refund_failures: AtomicU64,
+    exported: Exported,
+}
+
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+struct Exported {
+    breaker_open: metrics::Gauge,
+    deny_cache_hits: metrics::Counter,
+}
+
+#[cfg(feature = "metrics")]
+impl Exported {
+    fn new() -> Self {
+        let breaker_open = metrics::gauge!("tollgate_breaker_open", "store" => "redis");
+        breaker_open.set(0.0);
+        Self {
+            breaker_open,
+            deny_cache_hits: metrics::counter!("tollgate_deny_cache_hits_total"),
+        }
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+#[derive(Debug)]
+struct Exported;
+
+#[cfg(not(feature = "metrics"))]
+impl Exported {
+    fn new() -> Self {
+        Self
+    }
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -69,6 +103,44 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
+    pub(crate) fn new() -> Self {
+        let zero = || AtomicU64::new(0);
+        Self {
+            redis_calls: zero(),
+            redis_failures: zero(),
+            script_errors: zero(),
+            timeouts: zero(),
+            degraded: zero(),
+            failed_open: zero(),
+            failed_closed: zero(),
+            fell_back: zero(),
+            breaker_trips: zero(),
+            short_circuited: zero(),
+            deny_cache_hits: zero(),
+            coalesced: zero(),
+            refunds: zero(),
+            refund_failures: zero(),
+            exported: Exported::new(),
+        }
+    }
+
+    pub(crate) fn deny_cache_hit(&self) {
+        bump(&self.deny_cache_hits);
+        #[cfg(feature = "metrics")]
+        self.exported.deny_cache_hits.increment(1);
+    }
+
+    pub(crate) fn breaker_opened(&self) {
+        bump(&self.breaker_trips);
+        #[cfg(feature = "metrics")]
+        self.exported.breaker_open.set(1.0);
+    }
+
+    pub(crate) fn breaker_closed(&self) {
+        #[cfg(feature = "metrics")]
+        self.exported.breaker_open.set(0.0);
+    }
+
     pub(crate) fn snapshot(&self) -> RedisStoreStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RedisStoreStats {

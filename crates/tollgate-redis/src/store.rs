@@ -218,7 +218,7 @@ impl RedisStoreBuilder {
                 deny_cache: self.deny_cache.map(DenyCache::new),
                 clock,
                 explicit,
-                counters: Counters::default(),
+                counters: Counters::new(),
                 warn: LogThrottle::new(self.warn_interval),
             }),
         }
@@ -350,7 +350,7 @@ impl RedisStore {
         let mut _flight = None;
         if mode == Mode::Check {
             if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
-                bump(&inner.counters.deny_cache_hits);
+                inner.counters.deny_cache_hit();
                 return Ok(outcome);
             }
             if let Some(cache) = &inner.deny_cache {
@@ -362,7 +362,7 @@ impl RedisStore {
                         let _ = tokio::time::timeout_at(deadline, landed.changed()).await;
                         sent = inner.clock.now();
                         if let Some(outcome) = self.cached_denial(checks, replay.is_some(), sent) {
-                            bump(&inner.counters.deny_cache_hits);
+                            inner.counters.deny_cache_hit();
                             return Ok(outcome);
                         }
                     }
@@ -384,6 +384,7 @@ impl RedisStore {
         let error = match result {
             Ok(Ok(outcome)) => {
                 if inner.breaker.success() {
+                    inner.counters.breaker_closed();
                     tracing::info!(target: "tollgate_redis", "Redis answers again; circuit breaker closed");
                 }
                 return Ok(outcome);
@@ -399,13 +400,14 @@ impl RedisStore {
         if error.is_unavailable() {
             bump(&inner.counters.redis_failures);
             if inner.breaker.failure() {
-                bump(&inner.counters.breaker_trips);
+                inner.counters.breaker_opened();
             }
         } else {
             // Redis answered: it is reachable, whatever went wrong with this request. A script
             // or data error must not switch limiting off for every key.
             bump(&inner.counters.script_errors);
             if inner.breaker.success() {
+                inner.counters.breaker_closed();
                 tracing::info!(target: "tollgate_redis", "Redis answers again; circuit breaker closed");
             }
         }
@@ -538,7 +540,9 @@ impl RedisStore {
             }
             (FailurePolicy::Fallback { .. }, Some(fallback)) => {
                 bump(&inner.counters.fell_back);
-                Ok(fallback.decide(checks, replay, mode).await)
+                let mut outcome = fallback.decide(checks, replay, mode).await;
+                outcome.degraded = true;
+                Ok(outcome)
             }
             _ => {
                 bump(&inner.counters.failed_open);
@@ -582,6 +586,7 @@ fn open_outcome(checks: &[Check<'_>]) -> Outcome {
         allowed: true,
         binding: None,
         replayed: false,
+        degraded: true,
         decisions: checks.iter().map(|c| not_consulted(c.rule)).collect(),
     }
 }

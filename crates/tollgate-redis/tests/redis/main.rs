@@ -17,5 +17,6 @@ mod faults;
 mod http_keyspace;
 mod keyspace;
 mod limits_as_data;
+mod observability;
 mod realtime;
 mod shared;

@@ -1,0 +1,165 @@
+//! What an operator scrapes about the Redis store (features `metrics` of `tollgate` and
+//! `tollgate-redis`, through a real Prometheus recorder): degraded decisions under their rule,
+//! the breaker gauge, deny-cache hits, and a store-latency histogram that moves with a slow
+//! Redis.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tollgate::{KeyPart, Limit, RateLimitLayer};
+use tollgate_redis::{BreakerConfig, FailurePolicy, RedisConnection, RedisStore};
+use tower::ServiceExt;
+
+use crate::support::TestRedis;
+
+fn request(host: u8) -> Request {
+    let mut req = Request::builder().uri("/").body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, host], 4000))));
+    req
+}
+
+/// The value of the first sample of `name` whose labels include every one of `labels`.
+fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        let all = labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (metric == name && all).then(|| value.parse().unwrap())
+    })
+}
+
+/// A layer on a Redis store, both registering their metrics with a recorder of their own.
+async fn app(redis: &TestRedis, budget: Duration) -> (Router, PrometheusHandle) {
+    let connection = RedisConnection::connect(redis.url()).await.unwrap();
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let scrape = recorder.handle();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        let store = RedisStore::builder(connection)
+            .budget(budget)
+            .failure_policy(FailurePolicy::FailOpen)
+            .breaker(BreakerConfig {
+                failures: 2,
+                cool_down: Duration::from_millis(200),
+            })
+            .build();
+        RateLimitLayer::builder()
+            .store(store)
+            .limit(Limit::per_minute("per_ip", 2).key(KeyPart::client_ip()))
+            .build()
+            .unwrap()
+    });
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer);
+    (app, scrape)
+}
+
+async fn send(app: &Router, host: u8, n: usize) {
+    for _ in 0..n {
+        app.clone().oneshot(request(host)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn degraded_decisions_the_breaker_and_deny_cache_hits_are_scraped() {
+    let redis = TestRedis::start_controllable().await;
+    let (app, scrape) = app(&redis, Duration::from_millis(100)).await;
+    // Two admitted, then denied: the second denial comes from the deny cache.
+    send(&app, 1, 4).await;
+    let text = scrape.render();
+    let decided = |text: &str, outcome| {
+        sample(
+            text,
+            "tollgate_decisions_total",
+            &[("rule", "per_ip"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(decided(&text, "allowed"), Some(2.0), "{text}");
+    assert_eq!(decided(&text, "denied"), Some(2.0), "{text}");
+    assert!(
+        sample(&text, "tollgate_deny_cache_hits_total", &[]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tollgate_breaker_open", &[("store", "redis")]),
+        Some(0.0)
+    );
+
+    // Another client (the first one's denial is still in the deny cache, Redis or not).
+    redis.stop().await;
+    send(&app, 2, 3).await;
+    let text = scrape.render();
+    assert_eq!(decided(&text, "degraded"), Some(3.0), "{text}");
+    assert_eq!(
+        decided(&text, "allowed"),
+        Some(2.0),
+        "failing open is not an admission"
+    );
+    assert_eq!(
+        sample(&text, "tollgate_breaker_open", &[("store", "redis")]),
+        Some(1.0),
+        "{text}"
+    );
+
+    redis.restart().await;
+    // Past the cool-down, a probe finds Redis again and the gauge falls.
+    let mut gauge = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        send(&app, 3, 1).await;
+        gauge = sample(
+            &scrape.render(),
+            "tollgate_breaker_open",
+            &[("store", "redis")],
+        );
+        if gauge == Some(0.0) {
+            break;
+        }
+    }
+    assert_eq!(gauge, Some(0.0), "the breaker never closed");
+}
+
+#[tokio::test]
+async fn the_store_latency_histogram_moves_with_a_slow_redis() {
+    let redis = TestRedis::start_controllable().await;
+    let budget = Duration::from_millis(250);
+    let (app, scrape) = app(&redis, budget).await;
+    send(&app, 1, 1).await;
+    let seconds = |text: &str| {
+        sample(
+            text,
+            "tollgate_store_seconds_sum",
+            &[("store", "redis"), ("op", "check")],
+        )
+        .unwrap()
+    };
+    let quick = seconds(&scrape.render());
+    assert!(quick < budget.as_secs_f64(), "{quick}");
+
+    // A paused Redis answers nothing: each decision waits out the budget, then fails open.
+    redis.pause().await;
+    send(&app, 1, 2).await;
+    redis.resume().await;
+    let text = scrape.render();
+    let slow = seconds(&text) - quick;
+    assert!(
+        slow >= 2.0 * budget.as_secs_f64() * 0.95,
+        "{slow} s over two decisions: {text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tollgate_store_seconds_count",
+            &[("store", "redis"), ("op", "check")]
+        ),
+        Some(3.0)
+    );
+}
