@@ -33,11 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The exporter first: the layer registers its metrics when it is built.
     let prometheus = PrometheusBuilder::new().install_recorder()?;
     let strict = std::env::var_os("TOLLGATE_STRICT").is_some();
-    // Scrapes are not API calls: /metrics is exempt from every limit.
-    let limits = VmArea::new()
-        .strict(strict)
-        .builder()
-        .exempt_if(|head: &RequestHead<'_>| head.uri().path() == "/metrics");
+    let limits = limits(strict);
 
     // The store, chosen in one place. With REDIS_URL, every instance pointed at the same Redis
     // shares the same buckets (and, with the default key secret, the same keys). If Redis is
@@ -61,12 +57,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+/// The VMArea limits; scrapes are not API calls, so `/metrics` is exempt from every limit.
+fn limits(strict: bool) -> tollgate::RateLimitBuilder {
+    VmArea::new()
+        .strict(strict)
+        .builder()
+        .exempt_if(|head: &RequestHead<'_>| head.uri().path() == "/metrics")
+}
+
 /// Serves the app with a limiter on any store.
 async fn serve<S: Store>(
     limiter: RateLimitLayer<S>,
     prometheus: PrometheusHandle,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let app = Router::new()
+    let app = app(limiter, prometheus);
+    let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    let addr = listener.local_addr()?;
+    println!("vmarea example listening on http://{addr}");
+    println!("try: curl -i -H 'x-api-key: demo' http://{addr}/api/public/v1/vms");
+    println!("     curl -i -X POST -H 'x-api-key: demo' -H 'Idempotency-Key: vm-1' http://{addr}/api/public/v1/vms");
+    println!("     for i in $(seq 101); do curl -s -X POST http://{addr}/auth/login; echo; done");
+    println!("     curl -s http://{addr}/metrics");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The routes, behind the limiter and the demo's auth.
+fn app<S: Store>(limiter: RateLimitLayer<S>, prometheus: PrometheusHandle) -> Router {
+    Router::new()
         .route(
             "/metrics",
             get(move || std::future::ready(prometheus.render())),
@@ -90,21 +113,7 @@ async fn serve<S: Store>(
         )
         // The limiter runs after authentication, so it sees the TokenId.
         .layer(limiter)
-        .layer(middleware::from_fn(authenticate));
-
-    let addr = std::env::var("TOLLGATE_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    let addr = listener.local_addr()?;
-    println!("vmarea example listening on http://{addr}");
-    println!("try: curl -i -H 'x-api-key: demo' http://{addr}/api/public/v1/vms");
-    println!("     curl -i -X POST -H 'x-api-key: demo' -H 'Idempotency-Key: vm-1' http://{addr}/api/public/v1/vms");
-    println!("     for i in $(seq 101); do curl -s -X POST http://{addr}/auth/login; echo; done");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await?;
-    Ok(())
+        .layer(middleware::from_fn(authenticate))
 }
 
 /// The app's auth layer: a non-empty `x-api-key` is valid; its token id is derived from it.
@@ -146,4 +155,73 @@ fn token_id(key: &str) -> TokenId {
 
 fn json(body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The example's scrape, as its issue asks: after a burst of logins the per-IP denials show
+    //! (`cargo test --example vmarea`, part of the suite).
+
+    use super::*;
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn from_client(method: &str, path: &str) -> Request {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([198, 51, 100, 23], 5000))));
+        req
+    }
+
+    #[tokio::test]
+    async fn a_scrape_after_a_burst_of_logins_shows_the_per_ip_denials() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let prometheus = recorder.handle();
+        let limiter = metrics::with_local_recorder(&recorder, || limits(false).build().unwrap());
+        let app = app(limiter, prometheus);
+        let mut denied = 0;
+        for _ in 0..103 {
+            let response = app
+                .clone()
+                .oneshot(from_client("POST", "/auth/login"))
+                .await
+                .unwrap();
+            denied += usize::from(response.status() == StatusCode::TOO_MANY_REQUESTS);
+        }
+        assert_eq!(denied, 3);
+        // The scrape itself is exempt: however often it runs, it is never limited.
+        for _ in 0..150 {
+            let response = app
+                .clone()
+                .oneshot(from_client("GET", "/metrics"))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        let response = app
+            .clone()
+            .oneshot(from_client("GET", "/metrics"))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains("tollgate_decisions_total{rule=\"per_ip\",outcome=\"denied\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_decisions_total{rule=\"per_ip\",outcome=\"allowed\"} 100"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("198.51.100.23"),
+            "an address reached a label"
+        );
+    }
 }

@@ -1052,6 +1052,12 @@ max_keys = 1000
 shards = 4
 "#;
         let config = Config::from_toml(text, "all.toml").unwrap();
+        // Every field round-trips between the formats: the same document written as JSON
+        // reads as the same configuration.
+        let value: serde_json::Value = toml::from_str(text).unwrap();
+        let json = serde_json::to_string_pretty(&value).unwrap();
+        let from_json = Config::from_json(&json, "all.toml").unwrap();
+        assert_eq!(format!("{from_json:?}"), format!("{config:?}"));
         let limit = &config.file.limits[0].0;
         let rule = limit.rule().unwrap();
         let quota = Quota::new(5, Duration::from_secs(10)).unwrap();
