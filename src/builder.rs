@@ -229,12 +229,8 @@ impl<S: Store> RateLimitBuilder<S> {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        for range in ranges {
-            match range.as_ref().parse::<Cidr>() {
-                Ok(cidr) => self.settings.client_ip.trusted.push(cidr),
-                Err(e) => self.mistakes.push(e.into()),
-            }
-        }
+        let ranges = self.ranges(ranges);
+        self.settings.client_ip.trusted.extend(ranges);
         self
     }
 
@@ -266,6 +262,24 @@ impl<S: Store> RateLimitBuilder<S> {
         self.prefix("IPv6", prefix, 128);
         self.settings.client_ip.ipv6_prefix = prefix;
         self
+    }
+
+    /// The ranges that parse; a mistake for each one that does not.
+    fn ranges<I>(&mut self, ranges: I) -> Vec<Cidr>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        ranges
+            .into_iter()
+            .filter_map(|range| {
+                range
+                    .as_ref()
+                    .parse::<Cidr>()
+                    .map_err(|e| self.mistakes.push(e.into()))
+                    .ok()
+            })
+            .collect()
     }
 
     fn prefix(&mut self, family: &'static str, prefix: u8, max: u8) {
@@ -301,12 +315,8 @@ impl<S: Store> RateLimitBuilder<S> {
         I: IntoIterator,
         I::Item: AsRef<str>,
     {
-        for range in ranges {
-            match range.as_ref().parse::<Cidr>() {
-                Ok(cidr) => self.settings.exempt.ranges.push(cidr),
-                Err(e) => self.mistakes.push(e.into()),
-            }
-        }
+        let ranges = self.ranges(ranges);
+        self.settings.exempt.ranges.extend(ranges);
         self
     }
 
