@@ -240,3 +240,42 @@ fn the_service_gives_its_inner_service_back() {
     let _: &mut Router = service.get_mut();
     let _: Router = service.into_inner();
 }
+
+/// `Scope::methods` limits only requests of the methods listed: reads pass, writes are counted.
+#[tokio::test]
+async fn a_scope_of_methods_counts_only_those_methods() {
+    let limiter = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("writes", 1)
+                .scope(Scope::all().methods([Method::POST, Method::PUT]))
+                .key(KeyPart::client_ip()),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "read" }).post(|| async { "write" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, StatusCode::OK);
+    }
+    let post = || client.send(Method::POST, "/", &[]);
+    assert_eq!(post().await.status, StatusCode::OK);
+    assert_eq!(post().await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A layer's `Debug` lists its limits, in the order they were added.
+#[test]
+fn a_layers_debug_lists_its_limits() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_minute("login", 5).key(KeyPart::client_ip()))
+        .limit(Limit::per_hour("signup", 2).key(KeyPart::client_ip()))
+        .build()
+        .unwrap();
+    let shown = format!("{layer:?}");
+    let (login, signup) = (shown.find("\"login\""), shown.find("\"signup\""));
+    assert!(
+        login.is_some() && signup.is_some() && login < signup,
+        "{shown}"
+    );
+}
