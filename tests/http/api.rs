@@ -279,3 +279,25 @@ fn a_layers_debug_lists_its_limits() {
         "{shown}"
     );
 }
+
+/// With a store that answers at once (the memory store) a request is decided, and charged,
+/// in `call`: a response future dropped before it is polled has used its quota.
+#[tokio::test]
+async fn with_the_memory_store_a_request_is_charged_when_called_not_when_polled() {
+    use tower::{Service, ServiceExt};
+    type Request = http::Request<axum::body::Body>;
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("all", 1))
+        .build()
+        .unwrap();
+    let mut service = limiter.layer(Router::new().route("/", get(|| async { "ok" })));
+    let request = || Request::new(axum::body::Body::empty());
+    let unpolled = ServiceExt::<Request>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(request());
+    drop(unpolled);
+    let ready = ServiceExt::<Request>::ready(&mut service).await.unwrap();
+    let response = ready.call(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+}
