@@ -554,13 +554,15 @@ impl Store for TamperedStore {
 /// not make) is not guessed at: the client gets a 503 and the limit counts an error.
 #[tokio::test]
 async fn a_store_answer_that_does_not_fit_the_request_is_a_503() {
-    let tampers: [(&str, fn(&mut Outcome)); 2] = [
-        ("a decision missing", |outcome| {
-            drop(outcome.decisions.pop())
-        }),
-        ("a binding decision out of range", |outcome| {
-            outcome.binding = Some(outcome.decisions.len());
-        }),
+    fn drop_one(outcome: &mut Outcome) {
+        outcome.decisions.pop();
+    }
+    fn bind_past_the_end(outcome: &mut Outcome) {
+        outcome.binding = Some(outcome.decisions.len());
+    }
+    let tampers = [
+        ("a decision missing", drop_one as fn(&mut Outcome)),
+        ("a binding decision out of range", bind_past_the_end),
     ];
     for (what, tamper) in tampers {
         let (store, _clock) = manual_store(Duration::ZERO);
