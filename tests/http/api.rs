@@ -301,3 +301,25 @@ async fn with_the_memory_store_a_request_is_charged_when_called_not_when_polled(
     let response = ready.call(request()).await.unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// Closures of different names are different parts, also beside the built-in parts: one limit
+/// may be keyed by the client's address and two closures.
+#[test]
+fn closures_of_different_names_beside_other_parts_are_no_duplicates() {
+    let built = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("a", 1)
+                .key(KeyPart::client_ip())
+                .key(KeyPart::from_fn("tenant", |_| Some("t")))
+                .key(KeyPart::from_fn("org", |_| Some("o"))),
+        )
+        .build();
+    assert!(built.is_ok(), "{:?}", built.err());
+}
+
+/// A part is required unless made optional.
+#[test]
+fn a_key_part_is_required_unless_optional() {
+    assert!(KeyPart::client_ip().is_required());
+    assert!(!KeyPart::client_ip().optional().is_required());
+}
