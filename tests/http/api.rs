@@ -323,3 +323,33 @@ fn a_key_part_is_required_unless_optional() {
     assert!(KeyPart::client_ip().is_required());
     assert!(!KeyPart::client_ip().optional().is_required());
 }
+
+/// A denial responder sees the refused request: its method and its headers.
+#[tokio::test]
+async fn a_denial_shows_the_refused_requests_method_and_headers() {
+    #[derive(Serialize)]
+    struct Refused {
+        method: String,
+        who: String,
+    }
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("writes", 1).key(KeyPart::client_ip()))
+        .on_denied(|denial: &Denial<'_>| {
+            let who = denial.headers().get("x-who").map(|v| v.to_str().unwrap());
+            denial.json(Refused {
+                method: denial.method().to_string(),
+                who: who.unwrap_or("nobody").to_string(),
+            })
+        })
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", axum::routing::post(|| async { "ok" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    let post = || client.send(Method::POST, "/", &[("x-who", b"alice")]);
+    assert_eq!(post().await.status, StatusCode::OK);
+    let denied = post().await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(denied.text(), r#"{"method": "POST", "who": "alice"}"#);
+}
