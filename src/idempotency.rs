@@ -223,4 +223,68 @@ mod tests {
         assert!(gets.applies_to(&Method::GET));
         assert!(!gets.applies_to(&Method::POST));
     }
+
+    /// A record may live for a day, and a day and a second is too long.
+    #[test]
+    fn a_record_may_live_for_a_day_and_no_longer() {
+        let ok = |secs| {
+            Idempotency::new()
+                .ttl(Duration::from_secs(secs))
+                .validate()
+                .is_ok()
+        };
+        assert!(ok(24 * 3600));
+        assert!(!ok(24 * 3600 + 1));
+    }
+
+    /// Whether `idempotency` offers a replay for a `POST /vms` carrying `header: k-1`.
+    fn offered(idempotency: &Idempotency, header: &str) -> bool {
+        let request = http::Request::post("/vms")
+            .header(header, "k-1")
+            .body(())
+            .unwrap();
+        let head = RequestHead::of(&request);
+        (idempotency.replay(&KeySecret::DEFAULT, &head, "/vms", std::iter::empty())).is_some()
+    }
+
+    /// The key is read from the configured header, and only from it.
+    #[test]
+    fn the_idempotency_key_is_read_from_the_configured_header() {
+        let custom = Idempotency::new().header(HeaderName::from_static("x-request-id"));
+        assert!(offered(&custom, "x-request-id"));
+        assert!(!offered(&custom, "idempotency-key"));
+        assert!(offered(&Idempotency::new(), "idempotency-key"));
+    }
+
+    /// Without a body digest no replay is offered, and the notice saying why is logged once
+    /// per process, not once per request.
+    #[test]
+    fn a_missing_body_digest_is_logged_at_most_once() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        let with_body = Idempotency::new().body(1024);
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                assert!(!offered(&with_body, "idempotency-key"));
+            }
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        // Once if no other test got there first, else not at all.
+        assert!(text.matches("no body digest").count() <= 1, "{text}");
+    }
 }

@@ -909,4 +909,21 @@ mod fuzz {
             panic!("{failure}");
         }
     }
+
+    /// `Decoded`'s size hint holds at every step: at least a third of the bytes left (each
+    /// `%XX` is one byte), at most all of them.
+    #[test]
+    fn a_decoded_names_size_hint_bounds_what_is_left() {
+        for raw in ["", "a", "%41", "a+b%2", "%zz%41%", "name=%E2%82%AC"] {
+            let mut decoded = Decoded::new(raw.as_bytes());
+            loop {
+                let left = Decoded::new(decoded.raw).count();
+                let (lower, upper) = decoded.size_hint();
+                assert!(lower <= left && upper.is_some_and(|u| left <= u), "{raw:?}");
+                if decoded.next().is_none() {
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -240,3 +240,116 @@ fn the_service_gives_its_inner_service_back() {
     let _: &mut Router = service.get_mut();
     let _: Router = service.into_inner();
 }
+
+/// `Scope::methods` limits only requests of the methods listed: reads pass, writes are counted.
+#[tokio::test]
+async fn a_scope_of_methods_counts_only_those_methods() {
+    let limiter = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("writes", 1)
+                .scope(Scope::all().methods([Method::POST, Method::PUT]))
+                .key(KeyPart::client_ip()),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "read" }).post(|| async { "write" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, StatusCode::OK);
+    }
+    let post = || client.send(Method::POST, "/", &[]);
+    assert_eq!(post().await.status, StatusCode::OK);
+    assert_eq!(post().await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A layer's `Debug` lists its limits, in the order they were added.
+#[test]
+fn a_layers_debug_lists_its_limits() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_minute("login", 5).key(KeyPart::client_ip()))
+        .limit(Limit::per_hour("signup", 2).key(KeyPart::client_ip()))
+        .build()
+        .unwrap();
+    let shown = format!("{layer:?}");
+    let (login, signup) = (shown.find("\"login\""), shown.find("\"signup\""));
+    assert!(
+        login.is_some() && signup.is_some() && login < signup,
+        "{shown}"
+    );
+}
+
+/// With a store that answers at once (the memory store) a request is decided, and charged,
+/// in `call`: a response future dropped before it is polled has used its quota.
+#[tokio::test]
+async fn with_the_memory_store_a_request_is_charged_when_called_not_when_polled() {
+    use tower::{Service, ServiceExt};
+    type Request = http::Request<axum::body::Body>;
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("all", 1))
+        .build()
+        .unwrap();
+    let mut service = limiter.layer(Router::new().route("/", get(|| async { "ok" })));
+    let request = || Request::new(axum::body::Body::empty());
+    let unpolled = ServiceExt::<Request>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(request());
+    drop(unpolled);
+    let ready = ServiceExt::<Request>::ready(&mut service).await.unwrap();
+    let response = ready.call(request()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Closures of different names are different parts, also beside the built-in parts: one limit
+/// may be keyed by the client's address and two closures.
+#[test]
+fn closures_of_different_names_beside_other_parts_are_no_duplicates() {
+    let built = RateLimitLayer::builder()
+        .limit(
+            Limit::per_minute("a", 1)
+                .key(KeyPart::client_ip())
+                .key(KeyPart::from_fn("tenant", |_| Some("t")))
+                .key(KeyPart::from_fn("org", |_| Some("o"))),
+        )
+        .build();
+    assert!(built.is_ok(), "{:?}", built.err());
+}
+
+/// A part is required unless made optional.
+#[test]
+fn a_key_part_is_required_unless_optional() {
+    assert!(KeyPart::client_ip().is_required());
+    assert!(!KeyPart::client_ip().optional().is_required());
+}
+
+/// A denial responder sees the refused request: its method and its headers.
+#[tokio::test]
+async fn a_denial_shows_the_refused_requests_method_and_headers() {
+    #[derive(Serialize)]
+    struct Refused {
+        method: String,
+        who: String,
+    }
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("writes", 1).key(KeyPart::client_ip()))
+        .on_denied(|denial: &Denial<'_>| {
+            let who = denial.headers().get("x-who").map(|v| v.to_str().unwrap());
+            denial.json(Refused {
+                method: denial.method().to_string(),
+                who: who.unwrap_or("nobody").to_string(),
+            })
+        })
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", axum::routing::post(|| async { "ok" }))
+        .layer(limiter);
+    let client = TestClient::new(serve_axum(app).await);
+    let post = || client.send(Method::POST, "/", &[("x-who", b"alice")]);
+    assert_eq!(post().await.status, StatusCode::OK);
+    let denied = post().await;
+    assert_eq!(denied.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(denied.text(), r#"{"method": "POST", "who": "alice"}"#);
+}

@@ -526,3 +526,55 @@ fn layer_and_service_clones_are_cheap_and_shared() {
     assert_eq!(layer.metrics(), clone.metrics());
     let _: Infallible;
 }
+
+/// A memory store whose answers are altered by `tamper` before the layer sees them: a store
+/// that answers something other than the question.
+#[derive(Clone)]
+struct TamperedStore(MemoryStore<ManualClock>, fn(&mut Outcome));
+
+impl Store for TamperedStore {
+    type Error = Infallible;
+
+    async fn check(
+        &self,
+        checks: &[Check<'_>],
+        replay: Option<&Replay>,
+    ) -> Result<Outcome, Infallible> {
+        let mut outcome = self.0.check(checks, replay).await?;
+        (self.1)(&mut outcome);
+        Ok(outcome)
+    }
+
+    async fn peek(&self, checks: &[Check<'_>]) -> Result<Outcome, Infallible> {
+        self.0.peek(checks).await
+    }
+}
+
+/// An answer that does not fit the request (a decision missing, or a binding decision it did
+/// not make) is not guessed at: the client gets a 503 and the limit counts an error.
+#[tokio::test]
+async fn a_store_answer_that_does_not_fit_the_request_is_a_503() {
+    fn drop_one(outcome: &mut Outcome) {
+        outcome.decisions.pop();
+    }
+    fn bind_past_the_end(outcome: &mut Outcome) {
+        outcome.binding = Some(outcome.decisions.len());
+    }
+    let tampers = [
+        ("a decision missing", drop_one as fn(&mut Outcome)),
+        ("a binding decision out of range", bind_past_the_end),
+    ];
+    for (what, tamper) in tampers {
+        let (store, _clock) = manual_store(Duration::ZERO);
+        let limiter = RateLimitLayer::builder()
+            .store(TamperedStore(store, tamper))
+            .limit(per_ip(100))
+            .build()
+            .unwrap();
+        let client = TestClient::new(serve_axum(hello(limiter.clone())).await);
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        let per_ip = limiter.metrics().limit("per_ip").unwrap().errors;
+        assert_eq!(per_ip, 1, "{what}");
+    }
+}

@@ -204,3 +204,56 @@ fn a_shared_store_with_the_public_default_secret_is_warned_about_once() {
     drop(RateLimitLayer::builder().build().unwrap());
     assert_eq!(lines_with(&logs.text(), "public default KeySecret"), 1);
 }
+
+/// Lines of `text` at `level` that contain `needle`.
+fn lines_at(text: &str, level: &str, needle: &str) -> usize {
+    (text.lines())
+        .filter(|line| line.contains(level) && line.contains(needle))
+        .count()
+}
+
+/// A limit keyed by route skips a request that matched no route, and says so once per limiter,
+/// not once per request.
+#[tokio::test]
+async fn a_request_without_a_route_is_reported_once() {
+    use tower::ServiceExt;
+    let (captured, _guard) = capture();
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_route", 1).key(KeyPart::route()))
+        .build()
+        .unwrap();
+    // Outside the router: no `MatchedPath`, and no route patterns given to the layer.
+    let service = tower::Layer::layer(&limiter, Router::new());
+    for _ in 0..3 {
+        let request = http::Request::get("/nowhere")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let status = service.clone().oneshot(request).await.unwrap().status();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let text = captured.text();
+    assert_eq!(lines_at(&text, "INFO", "matched no route"), 1, "{text}");
+}
+
+/// A limit keyed by client IP on a server that gives no peer address is a misconfiguration:
+/// reported as an error once per limiter, then at debug level.
+#[tokio::test]
+async fn a_missing_peer_address_is_reported_as_an_error_once() {
+    use tower::ServiceExt;
+    let (captured, _guard) = capture();
+    let limiter = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_ip", 1).key(KeyPart::client_ip()))
+        .build()
+        .unwrap();
+    let app = app(limiter);
+    for _ in 0..3 {
+        let request = http::Request::get("/")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let status = app.clone().oneshot(request).await.unwrap().status();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let text = captured.text();
+    assert_eq!(lines_at(&text, "ERROR", "peer"), 1, "{text}");
+    assert_eq!(lines_at(&text, "DEBUG", "peer"), 2, "{text}");
+}
