@@ -17,10 +17,16 @@ async fn serve<S: Store + Clone>(
     let recorder = PrometheusBuilder::new().build_recorder();
     let scrape = recorder.handle();
     let layer = metrics::with_local_recorder(&recorder, || builder.build().unwrap());
+    let rendered = scrape.clone();
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/health", get(|| async { "ok" }))
-        .layer(layer.clone());
+        .layer(layer.clone())
+        // Outside the limiter, as an operator would mount it (or exempt it).
+        .route(
+            "/metrics",
+            get(move || std::future::ready(rendered.render())),
+        );
     (TestClient::new(serve_axum(app).await), scrape, layer)
 }
 
@@ -69,7 +75,10 @@ async fn every_outcome_is_counted_under_its_rule_and_the_snapshot_agrees() {
     for _ in 0..3 {
         client.get("/health").await;
     }
-    let text = scrape.render();
+    // Scraped over HTTP, as Prometheus does.
+    let scraped = client.get("/metrics").await;
+    assert_eq!(scraped.status, StatusCode::OK);
+    let text = scraped.text().to_owned();
     let decisions = |rule, outcome| {
         sample(
             &text,
@@ -117,7 +126,7 @@ async fn store_failures_are_errors_of_every_applicable_rule() {
         let reply = client.get("/").await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     }
-    let text = scrape.render();
+    let text = client.get("/metrics").await.text().to_owned();
     let errors = sample(
         &text,
         "tollgate_decisions_total",

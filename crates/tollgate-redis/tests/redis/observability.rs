@@ -6,22 +6,28 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate::{KeyPart, Limit, RateLimitLayer};
 use tollgate_redis::{BreakerConfig, FailurePolicy, RedisConnection, RedisStore};
-use tower::ServiceExt;
 
 use crate::support::TestRedis;
 
-fn request(host: u8) -> Request {
-    let mut req = Request::builder().uri("/").body(Body::empty()).unwrap();
-    req.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, host], 4000))));
-    req
+/// One HTTP/1.1 GET on a fresh connection, from the client `192.0.2.<host>` (forwarded by the
+/// trusted local proxy); the response's body.
+async fn get_from(addr: SocketAddr, path: &str, host: u8) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 192.0.2.{host}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned())
 }
 
 /// The value of the first sample of `name` whose labels include every one of `labels`.
@@ -36,8 +42,9 @@ fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-/// A layer on a Redis store, both registering their metrics with a recorder of their own.
-async fn app(redis: &TestRedis, budget: Duration) -> (Router, PrometheusHandle) {
+/// A real server: a layer on a Redis store, both registering their metrics with a recorder of
+/// their own, which `/metrics` renders.
+async fn server(redis: &TestRedis, budget: Duration) -> SocketAddr {
     let connection = RedisConnection::connect(redis.url()).await.unwrap();
     let recorder = PrometheusBuilder::new().build_recorder();
     let scrape = recorder.handle();
@@ -52,29 +59,41 @@ async fn app(redis: &TestRedis, budget: Duration) -> (Router, PrometheusHandle) 
             .build();
         RateLimitLayer::builder()
             .store(store)
+            .trusted_proxies(["127.0.0.1"])
             .limit(Limit::per_minute("per_ip", 2).key(KeyPart::client_ip()))
             .build()
             .unwrap()
     });
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
-        .layer(layer);
-    (app, scrape)
+        .layer(layer)
+        .route("/metrics", get(move || std::future::ready(scrape.render())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
 }
 
-async fn send(app: &Router, host: u8, n: usize) {
+async fn send(addr: SocketAddr, host: u8, n: usize) {
     for _ in 0..n {
-        app.clone().oneshot(request(host)).await.unwrap();
+        get_from(addr, "/", host).await;
     }
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    get_from(addr, "/metrics", 0).await
 }
 
 #[tokio::test]
 async fn degraded_decisions_the_breaker_and_deny_cache_hits_are_scraped() {
     let redis = TestRedis::start_controllable().await;
-    let (app, scrape) = app(&redis, Duration::from_millis(100)).await;
+    let addr = server(&redis, Duration::from_millis(100)).await;
     // Two admitted, then denied: the second denial comes from the deny cache.
-    send(&app, 1, 4).await;
-    let text = scrape.render();
+    send(addr, 1, 4).await;
+    let text = scrape(addr).await;
     let decided = |text: &str, outcome| {
         sample(
             text,
@@ -95,8 +114,8 @@ async fn degraded_decisions_the_breaker_and_deny_cache_hits_are_scraped() {
 
     // Another client (the first one's denial is still in the deny cache, Redis or not).
     redis.stop().await;
-    send(&app, 2, 3).await;
-    let text = scrape.render();
+    send(addr, 2, 3).await;
+    let text = scrape(addr).await;
     assert_eq!(decided(&text, "degraded"), Some(3.0), "{text}");
     assert_eq!(
         decided(&text, "allowed"),
@@ -114,9 +133,9 @@ async fn degraded_decisions_the_breaker_and_deny_cache_hits_are_scraped() {
     let mut gauge = None;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        send(&app, 3, 1).await;
+        send(addr, 3, 1).await;
         gauge = sample(
-            &scrape.render(),
+            &scrape(addr).await,
             "tollgate_breaker_open",
             &[("store", "redis")],
         );
@@ -131,8 +150,8 @@ async fn degraded_decisions_the_breaker_and_deny_cache_hits_are_scraped() {
 async fn the_store_latency_histogram_moves_with_a_slow_redis() {
     let redis = TestRedis::start_controllable().await;
     let budget = Duration::from_millis(250);
-    let (app, scrape) = app(&redis, budget).await;
-    send(&app, 1, 1).await;
+    let addr = server(&redis, budget).await;
+    send(addr, 1, 1).await;
     let seconds = |text: &str| {
         sample(
             text,
@@ -141,14 +160,14 @@ async fn the_store_latency_histogram_moves_with_a_slow_redis() {
         )
         .unwrap()
     };
-    let quick = seconds(&scrape.render());
+    let quick = seconds(&scrape(addr).await);
     assert!(quick < budget.as_secs_f64(), "{quick}");
 
     // A paused Redis answers nothing: each decision waits out the budget, then fails open.
     redis.pause().await;
-    send(&app, 1, 2).await;
+    send(addr, 1, 2).await;
     redis.resume().await;
-    let text = scrape.render();
+    let text = scrape(addr).await;
     let slow = seconds(&text) - quick;
     assert!(
         slow >= 2.0 * budget.as_secs_f64() * 0.95,
