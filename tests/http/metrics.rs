@@ -4,30 +4,24 @@
 use axum::routing::get;
 use axum::Router;
 use http::{HeaderName, Method, StatusCode};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use tollgate::{Algorithm, KeyPart, Limit, RateLimitBuilder, RateLimitLayer, Store};
 
 use crate::support::{serve_axum, BrokenStore, TestClient};
 
 /// Builds the layer with a recorder of its own (the handles are registered at build), and a
 /// server in front of it.
-async fn serve<S: Store + Clone>(
-    builder: RateLimitBuilder<S>,
-) -> (TestClient, PrometheusHandle, RateLimitLayer<S>) {
+async fn serve<S: Store + Clone>(builder: RateLimitBuilder<S>) -> (TestClient, RateLimitLayer<S>) {
     let recorder = PrometheusBuilder::new().build_recorder();
     let scrape = recorder.handle();
     let layer = metrics::with_local_recorder(&recorder, || builder.build().unwrap());
-    let rendered = scrape.clone();
     let app = Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/health", get(|| async { "ok" }))
         .layer(layer.clone())
         // Outside the limiter, as an operator would mount it (or exempt it).
-        .route(
-            "/metrics",
-            get(move || std::future::ready(rendered.render())),
-        );
-    (TestClient::new(serve_axum(app).await), scrape, layer)
+        .route("/metrics", get(move || std::future::ready(scrape.render())));
+    (TestClient::new(serve_axum(app).await), layer)
 }
 
 /// The value of the sample `name{labels}` in a scrape (labels in the order rendered).
@@ -50,7 +44,7 @@ fn api_key() -> KeyPart {
 
 #[tokio::test]
 async fn every_outcome_is_counted_under_its_rule_and_the_snapshot_agrees() {
-    let (client, scrape, layer) = serve(
+    let (client, layer) = serve(
         RateLimitLayer::builder()
             .limit(
                 Limit::per_minute("per_key", 5)
@@ -116,7 +110,7 @@ async fn every_outcome_is_counted_under_its_rule_and_the_snapshot_agrees() {
 
 #[tokio::test]
 async fn store_failures_are_errors_of_every_applicable_rule() {
-    let (client, scrape, _) = serve(
+    let (client, _) = serve(
         RateLimitLayer::builder()
             .store(BrokenStore::<false>)
             .limit(Limit::per_minute("per_ip", 5).key(KeyPart::client_ip())),
