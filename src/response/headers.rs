@@ -3,8 +3,10 @@
 //!
 //! Options ([`HeaderStyle`], [`ResetFormat`], `Access-Control-Expose-Headers`) are fixed when the
 //! layer is built; header names and static values are precomputed, numbers below 10,000 are
-//! slices of one static table, and each limit's own `X-RateLimit-Limit` is rendered once, so the
-//! common path formats nothing and allocates at most once (for a large `X-RateLimit-Remaining`).
+//! slices of one static table, each limit's own `X-RateLimit-Limit` is rendered once, and larger
+//! figures that repeat are kept per thread: the common path formats nothing, and allocates only
+//! for a large figure that changes on every request (a fixed window's `X-RateLimit-Remaining`
+//! counting down from a large limit).
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
