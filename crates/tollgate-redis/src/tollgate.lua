@@ -12,8 +12,13 @@
 --     when it stays below 2^53, else by binary long multiplication whose partial sums stay
 --     below 2^53.
 --
--- Redis runs the whole body on every call, so the body is kept lean: a few helpers, no table
--- per rule or per decision, and the code of the refund and replay modes only in their branch.
+-- One call is `tollgate(KEYS, ARGV)`, the function at the end. This file is not run as it is:
+-- script.rs appends `return tollgate(KEYS, ARGV)` for EVAL/EVALSHA (which runs the whole body,
+-- every helper's definition included, on every call), or a `#!lua name=...` line and
+-- `redis.register_function` for a Redis Function library (Redis 7: the body runs once, at
+-- FUNCTION LOAD; a call runs `tollgate` alone). Either way the call itself is kept lean: no
+-- table per rule or per decision, and the code of the refund and replay modes only in their
+-- branch. The helpers read "now" from NS, NN and MIN_TTL, which `tollgate` sets first.
 --
 -- KEYS: one per rule, then the idempotency record's key when ARGV[5] is 'record'. The replay
 --       modes take the record's key alone.
