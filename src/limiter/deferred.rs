@@ -70,8 +70,9 @@ impl<S: Store> Limiter<S> {
             other => return (other, None),
         };
         let upfront = plan.upfront().len();
+        let degraded = peeked.degraded;
         let mut decisions = peeked.decisions;
-        let held = {
+        let (mut gated, held) = {
             let mut counts = self
                 .in_flight
                 .0
@@ -93,28 +94,32 @@ impl<S: Store> Limiter<S> {
                 }
                 slots.push((slot, cost));
             }
-            if !Outcome::new(&all, decisions.clone(), false).allowed {
-                None
-            } else {
+            let gated = Outcome::new(&all, decisions, false);
+            let held = gated.allowed.then(|| {
                 for (slot, cost) in &slots {
                     *counts.entry(*slot).or_default() += cost;
                 }
-                Some(Held {
+                Held {
                     in_flight: Arc::clone(&self.in_flight),
                     slots,
-                })
-            }
+                }
+            });
+            (gated, held)
         };
+        // A peek the failure policy answered stays a degraded decision.
+        gated.degraded = degraded;
         let Some(held) = held else {
-            return (Ok(Outcome::new(&all, decisions, false)), None);
+            return (Ok(gated), None);
         };
         if upfront == 0 {
-            return (Ok(Outcome::new(&all, decisions, false)), Some(held));
+            return (Ok(gated), Some(held));
         }
         match self.check(plan).await {
             Ok(charged) if charged.decisions.len() == upfront => {
+                let mut decisions = gated.decisions;
                 decisions[..upfront].copy_from_slice(&charged.decisions);
-                let outcome = Outcome::new(&all, decisions, charged.replayed);
+                let mut outcome = Outcome::new(&all, decisions, charged.replayed);
+                outcome.degraded = degraded || charged.degraded;
                 let held = outcome.allowed.then_some(held);
                 (Ok(outcome), held)
             }

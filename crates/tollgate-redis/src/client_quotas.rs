@@ -5,7 +5,7 @@
 //! quota in its text form (`6000/minute`). Clients are named by digest only (the layer's
 //! `client_digest` of the raw value), so no raw identity is ever stored.
 
-use redis::{FromRedisValue, ToRedisArgs};
+use redis::ToRedisArgs;
 use tollgate_core::{ClientQuota, ClientQuotas, Key, Quota};
 
 use crate::connection::RedisConnection;
@@ -48,30 +48,23 @@ impl RedisClientQuotas {
     /// Gives `client` the quota `quota` in rule `rule` (replacing any it had).
     pub async fn set(&self, rule: &str, client: Key, quota: Quota) -> Result<(), RedisStoreError> {
         let field = field(rule, client);
-        self.query::<()>(
-            redis::cmd("HSET")
-                .arg(&self.key)
-                .arg(field)
-                .arg(quota.to_string()),
-        )
-        .await
+        self.connection
+            .query::<()>(
+                redis::cmd("HSET")
+                    .arg(&self.key)
+                    .arg(field)
+                    .arg(quota.to_string()),
+            )
+            .await
     }
 
     /// Takes `client`'s quota in `rule` away; whether it had one.
     pub async fn remove(&self, rule: &str, client: Key) -> Result<bool, RedisStoreError> {
         let removed: i64 = self
+            .connection
             .query(redis::cmd("HDEL").arg(&self.key).arg(field(rule, client)))
             .await?;
         Ok(removed > 0)
-    }
-
-    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisStoreError> {
-        Ok(match &self.connection {
-            RedisConnection::Manager(c) => cmd.query_async(&mut c.clone()).await?,
-            RedisConnection::Multiplexed(c) => cmd.query_async(&mut c.clone()).await?,
-            RedisConnection::Pool(pool) => cmd.query_async(&mut pool.get().await?).await?,
-            RedisConnection::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
-        })
     }
 }
 
@@ -99,7 +92,10 @@ impl ClientQuotas for RedisClientQuotas {
 
     /// Every quota in the hash (`HGETALL`); entries that do not read are left out.
     async fn load(&self) -> Result<Vec<ClientQuota>, RedisStoreError> {
-        let all: Vec<(String, String)> = self.query(redis::cmd("HGETALL").arg(&self.key)).await?;
+        let all: Vec<(String, String)> = self
+            .connection
+            .query(redis::cmd("HGETALL").arg(&self.key))
+            .await?;
         Ok(all.iter().filter_map(|(f, v)| entry(f, v)).collect())
     }
 }

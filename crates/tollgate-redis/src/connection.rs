@@ -171,6 +171,20 @@ impl RedisConnection {
         }
     }
 
+    /// One plain command (not the script): what the operator's tools send, such as
+    /// [`RedisClientQuotas`](crate::RedisClientQuotas)' `HSET`.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisStoreError> {
+        Ok(match self {
+            RedisConnection::Manager(c) => cmd.query_async(&mut c.clone()).await?,
+            RedisConnection::Multiplexed(c) => cmd.query_async(&mut c.clone()).await?,
+            RedisConnection::Pool(pool) => cmd.query_async(&mut pool.get().await?).await?,
+            RedisConnection::Cluster(c) => cmd.query_async(&mut c.clone()).await?,
+        })
+    }
+
     /// Loads the Function library (every primary, in Cluster), or the script where Functions
     /// are refused.
     pub(crate) async fn load_script(&self, dialect: &Dialect) -> Result<(), RedisStoreError> {

@@ -65,6 +65,7 @@ pub(crate) struct Counters {
     pub coalesced: AtomicU64,
     pub refunds: AtomicU64,
     pub refund_failures: AtomicU64,
+    #[cfg(feature = "metrics")]
     exported: Exported,
 }
 
@@ -84,17 +85,6 @@ impl Exported {
             breaker_open,
             deny_cache_hits: metrics::counter!("tollgate_deny_cache_hits_total"),
         }
-    }
-}
-
-#[cfg(not(feature = "metrics"))]
-#[derive(Debug)]
-struct Exported;
-
-#[cfg(not(feature = "metrics"))]
-impl Exported {
-    fn new() -> Self {
-        Self
     }
 }
 
@@ -120,6 +110,7 @@ impl Counters {
             coalesced: zero(),
             refunds: zero(),
             refund_failures: zero(),
+            #[cfg(feature = "metrics")]
             exported: Exported::new(),
         }
     }

@@ -138,14 +138,18 @@ async fn statuses(app: &Router, n: usize, req: impl Fn() -> Request) -> Vec<u16>
     out
 }
 
-/// A store under a prefix of its own for this run: a shared `REDIS_URL` may hold earlier
-/// runs' state.
-async fn store(redis: &TestRedis, prefix: &str) -> RedisStore {
+/// `prefix` made this run's own: a shared `REDIS_URL` may hold earlier runs' state.
+fn fresh(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let prefix = format!("{prefix}{nanos:x}");
+    format!("{prefix}{nanos:x}")
+}
+
+/// A store under a prefix of its own for this run.
+async fn store(redis: &TestRedis, prefix: &str) -> RedisStore {
+    let prefix = fresh(prefix);
     let connection = tollgate_redis::RedisConnection::connect(redis.url())
         .await
         .unwrap();
@@ -293,11 +297,7 @@ async fn client_quotas_shared_through_redis_reach_every_instance() {
     let connection = tollgate_redis::RedisConnection::connect(redis.url())
         .await
         .unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("quotas{nanos:x}");
+    let prefix = fresh("quotas");
     let quotas = tollgate_redis::RedisClientQuotas::new(connection.clone(), &prefix);
     let api_key = || KeyPart::header(HeaderName::from_static("x-api-key"));
     let instance = || {

@@ -182,3 +182,39 @@ async fn the_store_latency_histogram_moves_with_a_slow_redis() {
         Some(3.0)
     );
 }
+
+/// A limit charged by the response is peeked first: a peek the failure policy answered is a
+/// degraded decision too, not an admission.
+#[tokio::test]
+async fn a_peek_decided_without_redis_is_counted_degraded() {
+    let redis = TestRedis::start_controllable().await;
+    let connection = RedisConnection::connect(redis.url()).await.unwrap();
+    let store = RedisStore::builder(connection)
+        .budget(Duration::from_millis(100))
+        .failure_policy(FailurePolicy::FailOpen)
+        .build();
+    let layer = RateLimitLayer::builder()
+        .store(store)
+        .trusted_proxies(["127.0.0.1"])
+        .limit(
+            Limit::per_minute("failed_logins", 5)
+                .key(KeyPart::client_ip())
+                .charge_on([http::StatusCode::UNAUTHORIZED]),
+        )
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app).await.unwrap();
+    });
+    send(addr, 9, 1).await;
+    redis.stop().await;
+    send(addr, 9, 2).await;
+    let counted = layer.metrics().limit("failed_logins").cloned().unwrap();
+    assert_eq!((counted.allowed, counted.degraded), (1, 2), "{counted:?}");
+}
