@@ -307,6 +307,61 @@ mod tests {
             .is_err());
     }
 
+    /// `with_cost` and `with_quota` change only what they name, keep the rule's id, and refuse a
+    /// cost of 0 or above the capacity exactly at its edge.
+    #[test]
+    fn a_variant_changes_only_its_cost_or_quota_and_checks_the_capacity_at_its_edge() {
+        let rule = Rule::builder("batch", Quota::per_minute(100).unwrap())
+            .algorithm(Algorithm::FixedWindow)
+            .cost(3)
+            .shadow(true)
+            .honour_replays(true)
+            .build()
+            .unwrap();
+        let heavy = rule.with_cost(100).unwrap();
+        assert_eq!(heavy.cost(), 100, "the capacity itself is a valid cost");
+        assert_eq!(*heavy.quota(), *rule.quota());
+        assert_eq!(
+            (heavy.id(), heavy.name(), heavy.algorithm()),
+            (rule.id(), "batch", Algorithm::FixedWindow)
+        );
+        assert!(heavy.is_shadow() && heavy.honours_replays());
+        assert!(matches!(
+            rule.with_cost(0),
+            Err(RuleError::ZeroCost { rule }) if rule == "batch"
+        ));
+        assert!(matches!(
+            rule.with_cost(101),
+            Err(RuleError::CostAboveCapacity {
+                cost: 101,
+                capacity: 100,
+                ..
+            })
+        ));
+
+        let big = Quota::per_minute(6000).unwrap();
+        let enterprise = rule.with_quota(big).unwrap();
+        assert_eq!(*enterprise.quota(), big);
+        assert_eq!((enterprise.cost(), enterprise.id()), (3, rule.id()));
+        // The cost is checked against the new quota's capacity.
+        let small = Quota::per_minute(2).unwrap();
+        assert!(matches!(
+            rule.with_quota(small),
+            Err(RuleError::CostAboveCapacity {
+                cost: 3,
+                capacity: 2,
+                ..
+            })
+        ));
+        assert_eq!(
+            *rule
+                .with_quota(Quota::per_minute(3).unwrap())
+                .unwrap()
+                .quota(),
+            Quota::per_minute(3).unwrap()
+        );
+    }
+
     #[test]
     fn id_depends_on_name_only() {
         let a = Rule::builder("a", Quota::per_second(1).unwrap())

@@ -262,6 +262,13 @@ mod tests {
         let long = format!("1/{}", "x".repeat(10_000));
         let err = long.parse::<Quota>().unwrap_err();
         assert!(err.to_string().len() < 200, "{err}");
+        // What is quoted is the text's first 64 characters, whole characters counted.
+        let wide = "é".repeat(100);
+        let err = wide.parse::<Quota>().unwrap_err().to_string();
+        assert!(err.contains(&format!("{:?}", "é".repeat(64))), "{err}");
+        assert!(!err.contains(&"é".repeat(65)), "{err}");
+        let unit = "5/fortnights".parse::<Quota>().unwrap_err().to_string();
+        assert!(unit.contains("\"fortnights\""), "{unit}");
     }
 
     #[test]
