@@ -141,3 +141,22 @@ fn a_bad_exempt_range_is_a_build_error() {
         .unwrap_err();
     assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
 }
+
+/// A builder's `Debug` says what is exempt, by range and by how many identities and
+/// predicates, and never shows an exempt identity's value.
+#[test]
+fn a_builders_debug_counts_exempt_identities_and_never_shows_them() {
+    let builder = RateLimitLayer::builder()
+        .limit(per_ip(2))
+        .exempt_ips(["10.0.0.0/8"])
+        .exempt_identities(api_key(), ["internal-batch-key", "nightly-export-key"])
+        .exempt_if(|head: &RequestHead<'_>| head.uri().path() == "/metrics");
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("Exemptions"), "{shown}");
+    assert!(shown.contains("10.0.0.0/8"), "{shown}");
+    assert!(shown.contains("predicates: 1"), "{shown}");
+    // The part and how many values it exempts: two.
+    assert!(shown.contains(", 2)]"), "{shown}");
+    assert!(!shown.contains("internal-batch-key"), "{shown}");
+    assert!(!shown.contains("nightly-export-key"), "{shown}");
+}
