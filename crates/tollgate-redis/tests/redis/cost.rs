@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `cost_per_decision` measures one Redis, `cost_per_decision_on_a_cluster` the 3-master
-//! Cluster of the test suite (Redis CPU summed over the masters).
+//! Cluster of the test suite (Redis CPU summed over the masters), and
+//! `cluster_capacity_grows_with_masters` each master's CPU on 1-, 2- and 3-master Clusters.
 //!
 //! Every variant runs [`DECISIONS`] admitted decisions from [`CALLERS`] concurrent tasks, in
 //! [`ROUNDS`] interleaved rounds (the median round is reported), on one Redis:
@@ -562,4 +563,126 @@ async fn cost_per_decision_on_a_cluster() {
         nodes.push(cluster.node(i).await);
     }
     report("3-master Cluster", &variants, &mut nodes).await;
+}
+
+/// Decisions per second grow with masters for keys spread over slots: the same decisions
+/// (random keys, so spread evenly over the slots) on 1-, 2- and 3-master Clusters, each
+/// master's own CPU measured. On a machine with fewer cores than masters the wall-clock
+/// throughput cannot grow, so what is reported is what does: the CPU each master spends, and
+/// the capacity that implies when each master has a core of its own (the busiest master
+/// saturates first: decisions per second = decisions / its CPU time).
+///
+/// ```text
+/// cargo test --release -p tollgate-redis --test redis cluster_capacity_grows_with_masters \
+///     -- --ignored --nocapture --test-threads 1
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand in release mode"]
+async fn cluster_capacity_grows_with_masters() {
+    println!(
+        "Cluster capacity: {DECISIONS} admitted decisions per measurement, {CALLERS} callers, \
+         median of {ROUNDS} rounds; per-master Redis process CPU (INFO cpu) and FCALL/counter \
+         commandstats µs"
+    );
+    println!(
+        "| masters | variant | per-master process CPU µs/decision | busiest master µs/decision | \
+         capacity, decisions/s at one core per master | per-master commandstats µs/decision \
+         | per-master calls/decision |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for masters in 1..=3 {
+        let cluster = TestCluster::with_masters(masters).await;
+        let store_ = store(patient_cluster(cluster.urls()).await, false);
+        store_.load_script().await.unwrap();
+        let counting = store(patient_cluster(cluster.urls()).await, true);
+        let gcra = Rule::builder("gcra", Quota::per_minute(600).unwrap())
+            .build()
+            .unwrap();
+        let window = |name: &str, limit| {
+            Rule::builder(name, Quota::per_minute(limit).unwrap())
+                .algorithm(Algorithm::FixedWindow)
+                .build()
+                .unwrap()
+        };
+        let variants = [
+            store_variant(&store_, "GCRA (script)", vec![gcra], 0, SCRIPT),
+            store_variant(
+                &counting,
+                "counters: VMArea (two fixed windows)",
+                vec![window("per_token", 600), window("per_ip", 100)],
+                0,
+                COUNTERS,
+            ),
+        ];
+        let mut nodes = Vec::new();
+        for i in 0..masters {
+            nodes.push(cluster.node(i).await);
+        }
+        for v in &variants {
+            (v.run)(255, 0).await;
+        }
+        for v in &variants {
+            // Per round: each master's (process µs, commandstats µs) per decision.
+            let mut rounds: Vec<Vec<(f64, f64, f64)>> = Vec::new();
+            for round in 0..ROUNDS {
+                let mut before = Vec::new();
+                for node in nodes.iter_mut() {
+                    let _: () = redis::cmd("CONFIG")
+                        .arg("RESETSTAT")
+                        .query_async(node)
+                        .await
+                        .unwrap();
+                    before.push(redis_cpu_us(node).await);
+                }
+                let tasks: Vec<_> = (0..CALLERS)
+                    .map(|c| {
+                        let run = Arc::clone(&v.run);
+                        tokio::spawn(async move {
+                            for i in (c..DECISIONS).step_by(CALLERS) {
+                                run(round, i / USES_PER_KEY).await;
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                let mut per_master = Vec::new();
+                for (node, before) in nodes.iter_mut().zip(&before) {
+                    let cpu = redis_cpu_us(node).await - before;
+                    let stats = command_stats(node).await;
+                    let ours = stats
+                        .iter()
+                        .filter(|(name, _, _)| v.commands.contains(&name.as_str()));
+                    let usec: u64 = ours.clone().map(|(_, _, u)| u).sum();
+                    let calls: u64 = ours.map(|(_, c, _)| c).sum();
+                    let n = DECISIONS as f64;
+                    per_master.push((cpu / n, usec as f64 / n, calls as f64 / n));
+                }
+                rounds.push(per_master);
+            }
+            // The round whose busiest master is the median one.
+            rounds.sort_by(|a, b| {
+                let busiest = |r: &Vec<(f64, f64, f64)>| r.iter().map(|m| m.0).fold(0.0, f64::max);
+                busiest(a).total_cmp(&busiest(b))
+            });
+            let round = &rounds[rounds.len() / 2];
+            let busiest = round.iter().map(|m| m.0).fold(0.0, f64::max);
+            let list = |k: fn(&(f64, f64, f64)) -> f64| {
+                round
+                    .iter()
+                    .map(|m| format!("{:.2}", k(m)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
+            println!(
+                "| {masters} | {} | {} | {busiest:.2} | {:.0} | {} | {} |",
+                v.name,
+                list(|m| m.0),
+                1e6 / busiest,
+                list(|m| m.1),
+                list(|m| m.2),
+            );
+        }
+    }
 }
