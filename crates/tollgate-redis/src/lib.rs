@@ -138,8 +138,8 @@
 //! [`RedisStoreBuilder::fixed_window_counters`] decides fixed windows with plain counters:
 //! one pipeline of `SET <key> 0 NX PX <ttl>` + `INCRBY <key> <cost>` per window, a key per
 //! window, this process's clock for the window, and a `DECRBY` refund (one more round trip)
-//! when the request is denied. A fifth to a third of the script's Redis CPU per decision
-//! (`BENCHMARKS.md`), never over-admission, at the price of over-denial while a denied
+//! when the request is denied. A quarter to two fifths of the script's Redis CPU per VMArea
+//! decision (`BENCHMARKS.md`), never over-admission, at the price of over-denial while a denied
 //! request's charge is in flight and window edges that move with the instances' clock skew.
 //! Off by default; its rustdoc says exactly what it trades.
 //!

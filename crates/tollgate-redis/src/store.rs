@@ -201,9 +201,11 @@ impl RedisStoreBuilder {
     }
 
     /// Decides [fixed windows](tollgate_core::Algorithm::FixedWindow) with plain Redis
-    /// counters instead of the Lua script (default: off): about a fifth of the Redis CPU per
-    /// decision (see `BENCHMARKS.md`), at the price of a window of **over-denial**. Never
-    /// over-admission: every admitted request is counted before it is admitted.
+    /// counters instead of the Lua script (default: off): for the VMArea preset's two windows,
+    /// a tenth to a third of the script's Redis command time per decision, a quarter to two
+    /// fifths of its whole Redis process CPU (see `BENCHMARKS.md`), at the price of a window of
+    /// **over-denial**. Never over-admission: every admitted request is counted before it is
+    /// admitted.
     ///
     /// - **How**: each window is its own key, `<prefix>:<rule name>:<32 hex digits>:<window
     ///   index>` (index = now / period; windows aligned on multiples of the period since the
