@@ -629,3 +629,56 @@ async fn a_new_window_is_a_new_key() {
         ]
     );
 }
+
+/// Redis unreachable: counters go through the same failure policy and breaker as the script.
+/// Fail-closed answers the error, fail-open admits as degraded, the fallback decides locally
+/// (exactly, at its scaled limit), and consecutive failures open the breaker.
+#[tokio::test]
+async fn counters_without_redis_follow_the_failure_policy() {
+    let port = crate::support::DeadPort::new();
+    let pool = || {
+        deadpool_redis::Config::from_url(port.url())
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap()
+    };
+    let rule = window("dead", Quota::per_hour(4).unwrap());
+    let who = key("dead");
+    let checks = [Check {
+        rule: &rule,
+        key: who,
+    }];
+
+    let closed = RedisStore::builder(pool())
+        .fixed_window_counters(true)
+        .failure_policy(FailurePolicy::FailClosed)
+        .build();
+    let error = closed.check(&checks, None).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+
+    let open = RedisStore::builder(pool())
+        .fixed_window_counters(true)
+        .failure_policy(FailurePolicy::FailOpen)
+        .build();
+    for _ in 0..6 {
+        let outcome = open.check(&checks, None).await.unwrap();
+        assert!(outcome.allowed && outcome.degraded, "{outcome:?}");
+    }
+    let stats = open.stats();
+    assert_eq!((stats.degraded, stats.failed_open), (6, 6), "{stats:?}");
+    assert!(stats.breaker_trips >= 1 && open.breaker_open(), "{stats:?}");
+
+    let fallback = RedisStore::builder(pool())
+        .fixed_window_counters(true)
+        .failure_policy(FailurePolicy::fallback(2))
+        .build();
+    let admitted = {
+        let mut n = 0;
+        for _ in 0..5 {
+            let outcome = fallback.check(&checks, None).await.unwrap();
+            assert!(outcome.degraded);
+            n += u32::from(outcome.allowed);
+        }
+        n
+    };
+    assert_eq!(admitted, 2, "4 per hour over 2 instances");
+}
