@@ -185,6 +185,21 @@ impl RedisConnection {
         })
     }
 
+    /// One pipeline (the fixed-window counters' commands, see `store::counters`), its
+    /// commands' errors returned as values: an error of one command (a counter key holding
+    /// something else than an integer) is that key's problem, not the call's.
+    pub(crate) async fn pipeline(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, RedisStoreError> {
+        Ok(match self {
+            RedisConnection::Manager(c) => pipe.query_async(&mut c.clone()).await?,
+            RedisConnection::Multiplexed(c) => pipe.query_async(&mut c.clone()).await?,
+            RedisConnection::Pool(pool) => pipe.query_async(&mut pool.get().await?).await?,
+            RedisConnection::Cluster(c) => pipe.query_async(&mut c.clone()).await?,
+        })
+    }
+
     /// Loads the Function library (every primary, in Cluster), or the script where Functions
     /// are refused.
     pub(crate) async fn load_script(&self, dialect: &Dialect) -> Result<(), RedisStoreError> {

@@ -54,6 +54,7 @@
 //! | sliding log | `l1:<at>:<cost>,<at>:<cost>,…` (oldest first) |
 //! | sliding-window counter | `w1:<window end>:<previous count>:<current count>` |
 //! | idempotency record | `r1:<expires at>:<replays taken>` |
+//! | fixed window, with [`fixed_window_counters`](RedisStoreBuilder::fixed_window_counters) | `<count>` (a plain integer) at `<prefix>:<rule name>:<32 hex digits>:<window index>` |
 //!
 //! The tag names the algorithm and the format version (`1`); a later format bumps the digit.
 //!
@@ -131,6 +132,16 @@
 //! record exists).
 //! A prefix with a hash tag (e.g. `{tollgate}`) puts every key on one slot: one atomic call
 //! again, at the price of keeping all rate-limit state on one node.
+//!
+//! # Fixed windows without the script
+//!
+//! [`RedisStoreBuilder::fixed_window_counters`] decides fixed windows with plain counters:
+//! one pipeline of `SET <key> 0 NX PX <ttl>` + `INCRBY <key> <cost>` per window, a key per
+//! window, this process's clock for the window, and a `DECRBY` refund (one more round trip)
+//! when the request is denied. A quarter to two fifths of the script's Redis CPU per VMArea
+//! decision (`BENCHMARKS.md`), never over-admission, at the price of over-denial while a denied
+//! request's charge is in flight and window edges that move with the instances' clock skew.
+//! Off by default; its rustdoc says exactly what it trades.
 //!
 //! # Local deny cache
 //!

@@ -41,11 +41,13 @@ pub struct RedisStoreStats {
     /// pairs was asking Redis, and waited for its answer (those it denied are also counted in
     /// `deny_cache_hits`; the others then asked Redis themselves).
     pub coalesced: u64,
-    /// Cluster: per-slot charges reversed, and free replays given back, after another slot
-    /// denied the request.
+    /// Charges reversed, and free replays given back, because the request was denied after
+    /// they were made: Cluster per-slot charges another slot denied, and
+    /// [fixed-window counters](crate::RedisStoreBuilder::fixed_window_counters) of a denied
+    /// request (one per refund call).
     pub refunds: u64,
-    /// Cluster: refunds that failed (the charge stays until its state expires; a replay not
-    /// given back means a repeat of that request is charged).
+    /// Refunds that failed (the charge stays until its state expires; a replay not given back
+    /// means a repeat of that request is charged).
     pub refund_failures: u64,
 }
 

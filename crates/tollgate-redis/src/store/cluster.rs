@@ -153,7 +153,7 @@ impl RedisStore {
     }
 
     /// Runs a call that undoes part of a denied Cluster request, counting it as a refund.
-    async fn undo(&self, call: Call<'_>, failed: &'static str) {
+    pub(super) async fn undo(&self, call: Call<'_>, failed: &'static str) {
         let counters = &self.inner.counters;
         // It runs in the exchange's own task, so it may take longer than a decision: never
         // less than the store's budget.

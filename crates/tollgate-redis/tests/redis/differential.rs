@@ -100,11 +100,11 @@ fn random_gap(rng: &mut Rng, rules: &[Rule]) -> u64 {
 }
 
 /// What a run exercised besides plain decisions: the cases its assertions are worth most in.
-struct Coverage {
+pub struct Coverage {
     /// Cluster refunds of partial denials.
-    refunds: u64,
+    pub refunds: u64,
     /// Free replays.
-    replayed: usize,
+    pub replayed: usize,
     /// Free replays that a rule not honouring replays charged anyway.
     replayed_and_charged: usize,
 }
@@ -112,7 +112,7 @@ struct Coverage {
 impl Coverage {
     /// Panics unless every case occurred: for runs from a seed known to make them, so the
     /// check is the same every run (a fresh seed may, rarely, make none of one of them).
-    fn assert_complete(&self, seed: u64) {
+    pub fn assert_complete(&self, seed: u64) {
         assert!(
             self.replayed > 0 && self.replayed_and_charged > 0,
             "seed {seed}: replays exercised: {} free, {} charged by another rule; pick another seed",
@@ -124,11 +124,12 @@ impl Coverage {
 
 /// Compares the Redis store with the memory store on seeded random traffic, decision by
 /// decision, and says what the traffic exercised.
-async fn differential(
+pub async fn differential(
     connection: RedisConnection,
     seed: u64,
     trials: usize,
     steps: usize,
+    fixed_window_counters: bool,
 ) -> Coverage {
     let clock = ManualClock::new(0);
     // A generous budget: this test is about exactness, and a loaded machine running other
@@ -138,6 +139,7 @@ async fn differential(
         .explicit_time(clock.clone())
         .deny_cache(None)
         .budget(Duration::from_secs(5))
+        .fixed_window_counters(fixed_window_counters)
         .build();
     let memory = MemoryStore::builder()
         .clock(clock.clone())
@@ -225,7 +227,7 @@ async fn differential(
     }
 }
 
-fn seed() -> u64 {
+pub fn seed() -> u64 {
     std::env::var("TOLLGATE_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -244,14 +246,14 @@ async fn the_script_decides_exactly_as_the_core_in_explicit_time() {
     let redis = TestRedis::start().await;
     let connection = RedisConnection::connect(redis.url()).await.unwrap();
     // A fixed seed whose traffic exercises every case, then a fresh one for breadth.
-    differential(connection.clone(), COVERING_SEED, 75, 40)
+    differential(connection.clone(), COVERING_SEED, 75, 40, false)
         .await
         .assert_complete(COVERING_SEED);
-    differential(connection, seed(), 75, 40).await;
+    differential(connection, seed(), 75, 40, false).await;
 }
 
 /// A seed whose first 75 trials include free replays, some charged by another rule.
-const COVERING_SEED: u64 = 7;
+pub const COVERING_SEED: u64 = 7;
 
 #[tokio::test]
 async fn the_cluster_decides_exactly_as_the_core_in_explicit_time() {
@@ -262,13 +264,13 @@ async fn the_cluster_decides_exactly_as_the_core_in_explicit_time() {
     // Half the trials from a fixed seed, whose traffic is known to deny stacked rules on
     // different slots partially (the run is deterministic: explicit time, seeded traffic), so
     // the refunds are exercised every run; the other half from a fresh seed.
-    let coverage = differential(connection.clone(), REFUNDING_SEED, 30, 30).await;
+    let coverage = differential(connection.clone(), REFUNDING_SEED, 30, 30, false).await;
     assert!(
         coverage.refunds > 0,
         "seed {REFUNDING_SEED} no longer makes a partial denial: pick another"
     );
     coverage.assert_complete(REFUNDING_SEED);
-    differential(connection, seed(), 30, 30).await;
+    differential(connection, seed(), 30, 30, false).await;
 }
 
 /// A seed whose first 30 trials include partial denials across Cluster slots.

@@ -12,6 +12,7 @@ mod bench;
 mod conformance;
 mod corruption;
 mod cost;
+mod counters;
 mod differential;
 mod faults;
 mod http_keyspace;

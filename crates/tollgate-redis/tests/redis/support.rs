@@ -358,7 +358,7 @@ pub async fn ping(url: &str) -> bool {
     )
 }
 
-/// A 3-master Redis Cluster on 127.0.0.1.
+/// A Redis Cluster on 127.0.0.1 (3 masters unless told otherwise).
 pub struct TestCluster {
     _containers: Vec<ContainerAsync<GenericImage>>,
     _processes: Vec<Process>,
@@ -367,10 +367,15 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start() -> Self {
+        Self::with_masters(3).await
+    }
+
+    /// A Redis Cluster of `masters` masters (no replicas), the slots split evenly.
+    pub async fn with_masters(masters: usize) -> Self {
         let backend = backend(true);
         let ports: Vec<u16> = {
             let mut ports = Vec::new();
-            while ports.len() < 3 {
+            while ports.len() < masters {
                 let p = free_port(true);
                 if !ports.contains(&p) {
                     ports.push(p);
