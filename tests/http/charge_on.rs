@@ -155,3 +155,141 @@ async fn an_abandoned_request_gives_its_place_back() {
     let reply = app.oneshot(second).await.unwrap();
     assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A limit charged up front beside one charged by the response is charged as usual: the
+/// response-charged limit's peek does not stand in for it.
+#[tokio::test]
+async fn a_limit_charged_up_front_beside_one_charged_by_the_response_is_still_charged() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_ip", 3).key(KeyPart::client_ip()))
+        .limit(failed_logins(100))
+        .build()
+        .unwrap();
+    let (app, reached) = app(layer);
+    let client = TestClient::new(serve_axum(app).await);
+    for left in ["2", "1", "0"] {
+        let reply = client.send(Method::POST, "/login", &GOOD).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("x-ratelimit-remaining"), Some(left));
+    }
+    let refused = client.send(Method::POST, "/login", &GOOD).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(reached.load(Ordering::Relaxed), 3);
+}
+
+/// A login handler that answers only once `released` reaches the number in the request's
+/// `x-hold` header (200 with the right password, 401 otherwise).
+async fn held_login(
+    State((reached, released)): State<(Arc<AtomicUsize>, Arc<tokio::sync::watch::Sender<usize>>)>,
+    headers: HeaderMap,
+) -> StatusCode {
+    reached.fetch_add(1, Ordering::Relaxed);
+    let hold: usize = headers
+        .get("x-hold")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let mut released = released.subscribe();
+    released.wait_for(|n| *n >= hold).await.unwrap();
+    match headers.get("x-password").map(|v| v.as_bytes()) {
+        Some(b"demo") => StatusCode::OK,
+        _ => StatusCode::UNAUTHORIZED,
+    }
+}
+
+struct HeldLogins {
+    client: TestClient,
+    reached: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl HeldLogins {
+    async fn new(limit: u64) -> Self {
+        let layer = RateLimitLayer::builder()
+            .limit(failed_logins(limit))
+            .build()
+            .unwrap();
+        let reached = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::watch::Sender::new(0));
+        let app = Router::new()
+            .route("/login", post(held_login))
+            .with_state((reached.clone(), release.clone()))
+            .layer(layer);
+        let client = TestClient::new(serve_axum(app).await);
+        Self {
+            client,
+            reached,
+            release,
+        }
+    }
+
+    /// Sends a login held until `hold` is released, and waits until it reached the handler.
+    async fn hold(
+        &self,
+        hold: usize,
+        password: &'static [u8],
+    ) -> tokio::task::JoinHandle<StatusCode> {
+        let before = self.reached.load(Ordering::Relaxed);
+        let client = self.client.clone();
+        let hold_value = hold.to_string();
+        let task = tokio::spawn(async move {
+            let headers: [(&str, &[u8]); 2] =
+                [("x-password", password), ("x-hold", hold_value.as_bytes())];
+            client.send(Method::POST, "/login", &headers).await.status
+        });
+        while self.reached.load(Ordering::Relaxed) == before {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        task
+    }
+
+    /// A login that must be refused at once, its place being taken by requests in flight.
+    async fn refused(&self) -> crate::support::Reply {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.client
+                .send(Method::POST, "/login", &[("x-hold", b"0")]),
+        )
+        .await
+        .expect("refused at once, not let through to wait in the handler");
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        reply
+    }
+}
+
+/// A request refused because every place the limit has left is taken by requests in flight is
+/// told what is left (nothing, for now) and to come back in about the time one of them takes.
+#[tokio::test]
+async fn a_request_refused_for_places_in_flight_has_nothing_left_and_retries_in_a_second() {
+    let logins = HeldLogins::new(2).await;
+    let first = logins.hold(1, b"guess").await;
+    let second = logins.hold(1, b"guess").await;
+    let refused = logins.refused().await;
+    assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("2"));
+    logins.release.send_replace(1);
+    assert_eq!(first.await.unwrap(), StatusCode::UNAUTHORIZED);
+    assert_eq!(second.await.unwrap(), StatusCode::UNAUTHORIZED);
+    assert_eq!(logins.reached.load(Ordering::Relaxed), 2);
+}
+
+/// A request that finishes gives back its own place in flight and nobody else's: with 3 left
+/// and one of two held requests done (uncharged), two more may run, not three.
+#[tokio::test]
+async fn a_finished_request_gives_back_only_its_own_place_in_flight() {
+    let logins = HeldLogins::new(3).await;
+    let done = logins.hold(1, b"demo").await;
+    let _still_held = logins.hold(2, b"guess").await;
+    logins.release.send_replace(1);
+    assert_eq!(
+        done.await.unwrap(),
+        StatusCode::OK,
+        "a success is not charged"
+    );
+    let _third = logins.hold(2, b"guess").await;
+    let _fourth = logins.hold(2, b"guess").await;
+    logins.refused().await;
+    assert_eq!(logins.reached.load(Ordering::Relaxed), 4);
+    logins.release.send_replace(2);
+}

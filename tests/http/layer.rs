@@ -532,6 +532,35 @@ fn layer_and_service_clones_are_cheap_and_shared() {
 #[derive(Clone)]
 struct TamperedStore(MemoryStore<ManualClock>, fn(&mut Outcome));
 
+/// The same for peeks (limits charged by the response are peeked first), with charges left as
+/// the memory store answers them unless `check` says otherwise.
+#[derive(Clone)]
+struct TamperedPeeks {
+    store: MemoryStore<ManualClock>,
+    peek: fn(&mut Outcome),
+    check: fn(&mut Outcome),
+}
+
+impl Store for TamperedPeeks {
+    type Error = Infallible;
+
+    async fn check(
+        &self,
+        checks: &[Check<'_>],
+        replay: Option<&Replay>,
+    ) -> Result<Outcome, Infallible> {
+        let mut outcome = self.store.check(checks, replay).await?;
+        (self.check)(&mut outcome);
+        Ok(outcome)
+    }
+
+    async fn peek(&self, checks: &[Check<'_>]) -> Result<Outcome, Infallible> {
+        let mut outcome = self.store.peek(checks).await?;
+        (self.peek)(&mut outcome);
+        Ok(outcome)
+    }
+}
+
 impl Store for TamperedStore {
     type Error = Infallible;
 
@@ -577,4 +606,52 @@ async fn a_store_answer_that_does_not_fit_the_request_is_a_503() {
         let per_ip = limiter.metrics().limit("per_ip").unwrap().errors;
         assert_eq!(per_ip, 1, "{what}");
     }
+}
+
+/// The same with a limit charged by the response beside one charged up front: a peek or a
+/// charge that does not fit is a 503, never a guess (nor a panic); a charge the store's failure
+/// policy answered is counted as degraded even when the peek was not.
+#[tokio::test]
+async fn a_peek_or_charge_that_does_not_fit_a_request_charged_by_its_response_is_a_503() {
+    fn untouched(_: &mut Outcome) {}
+    fn drop_one(outcome: &mut Outcome) {
+        outcome.decisions.pop();
+    }
+    fn degraded(outcome: &mut Outcome) {
+        outcome.degraded = true;
+    }
+    let layer_over = |peek, check| {
+        let (store, _clock) = manual_store(Duration::ZERO);
+        RateLimitLayer::builder()
+            .store(TamperedPeeks { store, peek, check })
+            .limit(per_ip(100))
+            .limit(
+                Limit::per_minute("failed_logins", 5)
+                    .key(KeyPart::client_ip())
+                    .charge_on([StatusCode::UNAUTHORIZED]),
+            )
+            .build()
+            .unwrap()
+    };
+    let tampers = [
+        (
+            "a peek with a decision missing",
+            drop_one as fn(&mut Outcome),
+            untouched as fn(&mut Outcome),
+        ),
+        ("a charge with a decision missing", untouched, drop_one),
+    ];
+    for (what, peek, check) in tampers {
+        let limiter = layer_over(peek, check);
+        let client = TestClient::new(serve_axum(hello(limiter.clone())).await);
+        let reply = client.get("/").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        let per_ip = limiter.metrics().limit("per_ip").unwrap().clone();
+        assert_eq!((per_ip.errors, per_ip.allowed), (1, 0), "{what}");
+    }
+    let limiter = layer_over(untouched, degraded);
+    let client = TestClient::new(serve_axum(hello(limiter.clone())).await);
+    assert_eq!(client.get("/").await.status, StatusCode::OK);
+    let per_ip = limiter.metrics().limit("per_ip").unwrap().clone();
+    assert_eq!((per_ip.degraded, per_ip.allowed), (1, 0));
 }
