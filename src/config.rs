@@ -246,6 +246,7 @@ impl Config {
     /// fallback_instances = 4
     /// breaker = { failures = 5, cool_down = "250ms" }
     /// deny_cache = 10000           # entries; 0 turns it off
+    /// fixed_window_counters = true # fixed windows as INCRBY counters (see the store's docs)
     /// ```
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -329,6 +330,9 @@ impl Config {
         }
         if let Some(capacity) = section.deny_cache {
             builder = builder.deny_cache(Some(capacity));
+        }
+        if let Some(on) = section.fixed_window_counters {
+            builder = builder.fixed_window_counters(on);
         }
         Ok(Some(builder.build()))
     }
@@ -766,6 +770,9 @@ struct RedisSection {
     breaker: Option<BreakerSection>,
     /// The deny cache's capacity in entries; 0 turns it off.
     deny_cache: Option<usize>,
+    /// Fixed windows decided by `INCRBY` counters instead of the script
+    /// (`RedisStoreBuilder::fixed_window_counters`).
+    fixed_window_counters: Option<bool>,
 }
 
 /// Never shows the URLs: they may hold a password.
@@ -778,6 +785,7 @@ impl fmt::Debug for RedisSection {
             .field("budget", &self.budget)
             .field("failure_policy", &self.failure_policy)
             .field("deny_cache", &self.deny_cache)
+            .field("fixed_window_counters", &self.fixed_window_counters)
             .finish_non_exhaustive()
     }
 }

@@ -81,6 +81,52 @@ async fn the_files_redis_store_decides_and_holds_the_state() {
     assert!(keys[0].starts_with("cfgtest:per_ip:"), "{keys:?}");
 }
 
+/// `fixed_window_counters = true` in the file puts the store's fixed windows on counters: the
+/// same answers, each window its own integer key.
+#[tokio::test]
+async fn the_files_fixed_window_counters_put_its_windows_on_counter_keys() {
+    let redis = TestRedis::start().await;
+    let text = file(&format!("url = \"{}\"", redis.url())).replace(
+        "quota = \"2/minute\"",
+        "quota = \"2/minute\"\nalgorithm = \"fixed_window\"",
+    ) + "fixed_window_counters = true\n";
+    let config = Config::from_toml(&text, "redis.toml").unwrap();
+    let store = config.redis_store().await.unwrap().unwrap();
+    assert!(format!("{store:?}").contains("fixed_window_counters: true"));
+    let layer = config
+        .build(RateLimitLayer::builder().store(store))
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(layer);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(app.clone().oneshot(request()).await.unwrap().status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let mut admin = redis.admin().await;
+    let keys = scan_keys(&mut admin, "*").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let window = keys[0]
+        .strip_prefix("cfgtest:per_ip:")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(digest, index)| (digest.len(), index.parse::<u64>().is_ok()));
+    assert_eq!(window, Some((32, true)), "{keys:?}");
+    let count: i64 = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(count, 2, "the denied request was refunded");
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_is_named_without_its_password() {
     let dead = DeadPort::new();
