@@ -293,3 +293,39 @@ async fn a_finished_request_gives_back_only_its_own_place_in_flight() {
     assert_eq!(logins.reached.load(Ordering::Relaxed), 4);
     logins.release.send_replace(2);
 }
+
+/// A limit charged by the response may have a rule of its own for a request (here a cost of
+/// 2 read from the request): it applies to that limit, at its place after the limits charged
+/// up front and the other limits charged by the response, and to no other.
+#[tokio::test]
+async fn a_cost_of_a_limit_charged_by_the_response_applies_to_that_limit_alone() {
+    let layer = RateLimitLayer::builder()
+        .limit(Limit::per_minute("per_ip", 100).key(KeyPart::client_ip()))
+        .limit(
+            Limit::per_minute("failures_per_ip", 10)
+                .key(KeyPart::client_ip())
+                .charge_on([StatusCode::UNAUTHORIZED]),
+        )
+        .limit(failed_logins(4).cost_from_fn(|_| Some(2)))
+        .build()
+        .unwrap();
+    let (app, reached) = app(layer.clone());
+    let client = TestClient::new(serve_axum(app).await);
+    let mut remaining = Vec::new();
+    for _ in 0..2 {
+        let reply = client.send(Method::POST, "/login", &BAD).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        remaining.push(reply.header("x-ratelimit-remaining").unwrap().to_owned());
+    }
+    // The binding limit is the failed logins: 4 left, then 2, each failure costing 2.
+    assert_eq!(remaining, ["4", "2"]);
+    let refused = client.send(Method::POST, "/login", &BAD).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.header("x-ratelimit-limit"), Some("4"));
+    assert_eq!(reached.load(Ordering::Relaxed), 2);
+    // The other limits counted each admitted request once, at their own cost of 1.
+    for name in ["per_ip", "failures_per_ip"] {
+        let limit = layer.metrics().limit(name).cloned().unwrap();
+        assert_eq!(limit.allowed, 2, "{name}");
+    }
+}
