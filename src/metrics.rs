@@ -131,20 +131,22 @@ impl LayerCounters {
     }
 
     /// Starts timing a store operation, if anyone will see the time: the `metrics` feature,
-    /// or a subscriber listening to the request's debug span.
-    pub(crate) fn stopwatch(&self) -> Stopwatch {
-        let wanted = cfg!(feature = "metrics") || !tracing::Span::current().is_disabled();
+    /// or a subscriber listening to the request's debug span, `span`.
+    pub(crate) fn stopwatch(&self, span: &tracing::Span) -> Stopwatch {
+        let wanted = cfg!(feature = "metrics") || !span.is_disabled();
         Stopwatch(wanted.then(Instant::now))
     }
 
-    /// Records the time of a store operation started at `watch`: in the histogram, and as the
-    /// request span's `store_us`.
-    pub(crate) fn store_time(&self, op: StoreOp, watch: Stopwatch) {
+    /// Records the time of a store operation started at `watch`: in the histogram, and as
+    /// `span`'s `store_us`.
+    pub(crate) fn store_time(&self, op: StoreOp, watch: Stopwatch, span: &tracing::Span) {
         if let Some(started) = watch.0 {
             let time = started.elapsed();
             self.exported.store_time(op, time);
-            let micros = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
-            tracing::Span::current().record("store_us", micros);
+            if !span.is_disabled() {
+                let micros = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
+                span.record("store_us", micros);
+            }
         }
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use smallvec::{smallvec, SmallVec};
 use tollgate_core::{Check, Key, Outcome, Replay, Rule, Store};
+use tracing::Span;
 
 use super::compile::CompiledLimit;
 use super::Limiter;
@@ -238,18 +239,24 @@ impl<S: Store> Limiter<S> {
             });
         let upfront = checks.len();
         let deferred_len = deferred.len();
-        checks.extend(deferred);
-        let own = own
-            .into_iter()
-            .map(|(is_deferred, own)| OwnRule {
-                at: if is_deferred {
-                    upfront + own.at
-                } else {
-                    own.at
-                },
-                ..own
-            })
-            .collect();
+        // Most requests have neither: extending or collecting from nothing still costs.
+        if !deferred.is_empty() {
+            checks.extend(deferred);
+        }
+        let own = if own.is_empty() {
+            SmallVec::new()
+        } else {
+            own.into_iter()
+                .map(|(is_deferred, own)| OwnRule {
+                    at: if is_deferred {
+                        upfront + own.at
+                    } else {
+                        own.at
+                    },
+                    ..own
+                })
+                .collect()
+        };
         Ok(Some(Plan {
             checks,
             replay,
@@ -365,28 +372,33 @@ impl<S: Store> Limiter<S> {
 
     /// The store's answer, if it gives it without waiting (`Store::check_immediately`) and the
     /// plan has no limit charged by the response.
-    pub(crate) fn check_immediately(&self, plan: &Plan) -> Option<Result<Outcome, S::Error>> {
+    pub(crate) fn check_immediately(
+        &self,
+        plan: &Plan,
+        span: &Span,
+    ) -> Option<Result<Outcome, S::Error>> {
         if plan.has_deferred() {
             return None;
         }
-        let watch = self.counters.stopwatch();
+        let watch = self.counters.stopwatch(span);
         let answer = self.store.check_immediately(
             &self.store_checks(plan, plan.upfront()),
             plan.replay.as_ref(),
         );
         // Timed only when it answered: a store that sends the caller to `check` is timed there.
         if answer.is_some() {
-            self.counters.store_time(StoreOp::Check, watch);
+            self.counters.store_time(StoreOp::Check, watch, span);
         }
         answer
     }
 
-    /// Asks the store about the limits charged up front, charging them.
-    pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
+    /// Asks the store about the limits charged up front, charging them; the time goes to
+    /// `span` (the request's decision span).
+    pub(crate) async fn check(&self, plan: &Plan, span: &Span) -> Result<Outcome, S::Error> {
         let checks = self.store_checks(plan, plan.upfront());
-        let watch = self.counters.stopwatch();
+        let watch = self.counters.stopwatch(span);
         let answer = self.store.check(&checks, plan.replay.as_ref()).await;
-        self.counters.store_time(StoreOp::Check, watch);
+        self.counters.store_time(StoreOp::Check, watch, span);
         answer
     }
 
