@@ -260,9 +260,10 @@ where
         let current = self.limiter.load();
         let limiter: &Limiter<S> = &current;
         let head = RequestHead::of(&request);
-        let plan = match limiter.plan(&head) {
-            Ok(Some(plan)) => plan,
-            Ok(None) => {
+        let mut plan = Plan::default();
+        match limiter.plan(&head, &mut plan) {
+            Ok(true) => {}
+            Ok(false) => {
                 let headers = RateLimitHeaders::default();
                 return ResponseFuture::inner(self.inner.call(request), headers, None);
             }

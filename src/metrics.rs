@@ -102,6 +102,13 @@ pub(crate) struct LayerCounters {
 /// When a store operation started, when its time is wanted.
 pub(crate) struct Stopwatch(Option<Instant>);
 
+impl Stopwatch {
+    /// Whether the time is wanted (and so [`LayerCounters::store_time`] does something).
+    pub(crate) fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 /// A store operation whose time is measured.
 #[derive(Clone, Copy)]
 pub(crate) enum StoreOp {

@@ -17,8 +17,9 @@ use crate::metrics::{bump, StoreOp};
 use crate::response::MISSING_PEER_ADDR;
 use crate::route::RoutePattern;
 
-/// The limits that apply to one request, each with its key.
-#[derive(Clone)]
+/// The limits that apply to one request, each with its key. Made empty by the caller and
+/// filled in place by [`Limiter::plan`]: returned, it would be copied (a few hundred bytes).
+#[derive(Clone, Default)]
 pub(crate) struct Plan {
     /// The limits charged up front, then the `deferred` ones charged by the response.
     checks: SmallVec<[(LimitId, Key); 4]>,
@@ -160,9 +161,10 @@ impl<S> Limiter<S> {
 }
 
 impl<S: Store> Limiter<S> {
-    /// The limits that apply to the request and their keys; `None` when none applies. An error
-    /// when a limit needs the client address and the server provides none.
-    pub(crate) fn plan(&self, req: &RequestHead<'_>) -> Result<Option<Plan>, Refusal> {
+    /// The limits that apply to the request and their keys, written into `plan` (an empty
+    /// one); `false` when none applies. An error when a limit needs the client address and the
+    /// server provides none, or the request's cost cannot be read or can never pass.
+    pub(crate) fn plan(&self, req: &RequestHead<'_>, plan: &mut Plan) -> Result<bool, Refusal> {
         let mut parts: SmallVec<[Part; 8]> = smallvec![Part::Unread; self.sources.len()];
         let path = if self.path_scopes {
             scope_path(req)
@@ -171,9 +173,9 @@ impl<S: Store> Limiter<S> {
         };
         if self.is_exempt(req, &mut parts)? {
             self.counters.exempted();
-            return Ok(None);
+            return Ok(false);
         }
-        let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
+        let checks = &mut plan.checks;
         let mut deferred: SmallVec<[(LimitId, Key); 2]> = SmallVec::new();
         // (deferred?, index among its kind, the request's own rule, its policy if not the limit's)
         let mut own: SmallVec<[(bool, OwnRule); 1]> = SmallVec::new();
@@ -221,7 +223,7 @@ impl<S: Store> Limiter<S> {
             }
         }
         if checks.is_empty() && deferred.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         let replay = self
             .idempotency
@@ -257,12 +259,10 @@ impl<S: Store> Limiter<S> {
                 })
                 .collect()
         };
-        Ok(Some(Plan {
-            checks,
-            replay,
-            deferred: deferred_len,
-            own,
-        }))
+        plan.replay = replay;
+        plan.deferred = deferred_len;
+        plan.own = own;
+        Ok(true)
     }
 
     /// Whether the request passes uncounted: a predicate says so, the client address is in an
@@ -386,10 +386,13 @@ impl<S: Store> Limiter<S> {
             return None;
         }
         let watch = self.counters.stopwatch(span);
-        let answer = self.store.check_immediately(
-            &self.store_checks(plan, plan.upfront()),
-            plan.replay.as_ref(),
-        );
+        let checks = self.store_checks(plan, plan.upfront());
+        if !watch.is_running() {
+            // Returned as it comes: moving the answer (a 256-byte `Outcome`) costs more than
+            // most of deciding it.
+            return self.store.check_immediately(&checks, plan.replay.as_ref());
+        }
+        let answer = self.store.check_immediately(&checks, plan.replay.as_ref());
         // Timed only when it answered: a store that sends the caller to `check` is timed there.
         if answer.is_some() {
             self.counters.store_time(StoreOp::Check, watch, span);
