@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# User-space instructions per request of examples/bench_server.rs, counted by callgrind.
+# User-space instructions per request of examples/bench_server.rs (built as the package
+# tollgate-bench-server: tollgate with its default features only), counted by callgrind.
 #
 #   bash scripts/callgrind-bench.sh ip                  # one mode
 #   bash scripts/callgrind-bench.sh bare ip memory flood governor
@@ -15,8 +16,8 @@
 # the requests wrk completed. The dump is kept (OUT/callgrind.MODE.out) for
 # `callgrind_annotate --inclusive=yes OUT/callgrind.MODE.out`.
 #
-# Settings (environment): BIN (default target/release/examples/bench_server; built here with
-# line tables unless SKIP_BUILD=1), DURATION (default 5s), WARMUP (default 2s), CONNECTIONS
+# Settings (environment): BIN (default target/release/bench_server; built here with line
+# tables unless SKIP_BUILD=1), DURATION (default 5s), WARMUP (default 2s), CONNECTIONS
 # (default 8), OUT (where dumps go, default target/callgrind). Needs valgrind, wrk, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-8}
 OUT=${OUT:-target/callgrind}
-BIN=${BIN:-target/release/examples/bench_server}
+BIN=${BIN:-target/release/bench_server}
 PATH_UNDER_TEST=/api/public/v1/vms
 
 die() {
@@ -39,7 +40,7 @@ done
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     # Line tables give callgrind_annotate file:line and function names; the code is the same.
-    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release --example bench_server --quiet
+    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release -p tollgate-bench-server --quiet
 fi
 [ -x "$BIN" ] || die "$BIN missing"
 mkdir -p "$OUT"
