@@ -276,7 +276,7 @@ where
         let span = decision_span(S::NAME);
         let immediate = {
             // Entered only when something listens: entering a disabled span still costs.
-            let _entered = (!span.is_none()).then(|| span.enter());
+            let _entered = (!span.is_disabled()).then(|| span.enter());
             limiter
                 .check_immediately(&plan, &span)
                 .as_ref()
