@@ -2,10 +2,15 @@
 //! limiter in front of it.
 //!
 //! ```sh
-//! cargo build --release --example bench_server
-//! target/release/examples/bench_server memory        # or BENCH_MODE=memory
+//! cargo build --release -p tollgate-bench-server
+//! target/release/bench_server memory        # or BENCH_MODE=memory
 //! wrk -t1 -c64 -d5s --latency -H 'x-api-key: bench' http://127.0.0.1:3000/api/public/v1/vms
 //! ```
+//!
+//! The scripts build it as that package (`crates/bench-server`, the same file), so tollgate has
+//! its default features only: as the root crate's example (`cargo run --release --example
+//! bench_server`) it gets every feature the crate's own tests enable, `metrics` among them,
+//! which adds two clock reads and a histogram sample per request.
 //!
 //! Modes (first argument, else `BENCH_MODE`, else `bare`):
 //!

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# End-to-end HTTP benchmark: examples/bench_server.rs loaded with wrk, over 127.0.0.1 only.
+# End-to-end HTTP benchmark: examples/bench_server.rs loaded with wrk, over 127.0.0.1 only. The
+# server is built as the package tollgate-bench-server (crates/bench-server), so tollgate has its
+# default features only, as a user's build would (the root crate's examples get every feature
+# its tests enable, `metrics` among them).
 #
-#   bash scripts/http-bench.sh                 # 2 rounds x 4 variants x 5 s, under 3 minutes
+#   bash scripts/http-bench.sh                 # 2 rounds x 7 variants x 5 s, about 3 minutes
 #   DURATION=10s ROUNDS=3 bash scripts/http-bench.sh
 #
 # Variants (see examples/bench_server.rs): bare (axum hello world), memory (tollgate, memory
@@ -24,7 +27,7 @@
 #
 # Settings (environment): DURATION (per run, default 5s), WARMUP (unmeasured wrk run before each
 # measured one, default 1s; 0 to skip), ROUNDS (default 2), CONNECTIONS (default 64), THREADS
-# (wrk threads, default 1), VARIANTS (default "bare memory redis governor"), PIN (1: pin with
+# (wrk threads, default 1), VARIANTS (default "bare memory ip redis governor flood governor-flood"), PIN (1: pin with
 # taskset when available, default; 0: don't), NOISY (flag a run during which other processes
 # used more than this % of a CPU, default 25), WAIT_QUIET (on a shared machine: before each run,
 # wait up to this many seconds for other processes to calm down below NOISY, default 0), SKIP_BUILD (1: use the built binary as is),
@@ -99,12 +102,12 @@ fi
 
 # --- the server binary ---------------------------------------------------------------------
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN="$TARGET_DIR/release/examples/bench_server"
+BIN="$TARGET_DIR/release/bench_server"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    echo "== cargo build --release --example bench_server (target dir $TARGET_DIR)"
-    cargo build --release --example bench_server --quiet
+    echo "== cargo build --release -p tollgate-bench-server (target dir $TARGET_DIR)"
+    cargo build --release -p tollgate-bench-server --quiet
 fi
-[ -x "$BIN" ] || die "$BIN missing: cargo build --release --example bench_server"
+[ -x "$BIN" ] || die "$BIN missing: cargo build --release -p tollgate-bench-server"
 
 # --- Redis for the redis variant -------------------------------------------------------------
 REDIS_NOTE=""

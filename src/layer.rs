@@ -260,9 +260,10 @@ where
         let current = self.limiter.load();
         let limiter: &Limiter<S> = &current;
         let head = RequestHead::of(&request);
-        let plan = match limiter.plan(&head) {
-            Ok(Some(plan)) => plan,
-            Ok(None) => {
+        let mut plan = Plan::default();
+        match limiter.plan(&head, &mut plan) {
+            Ok(true) => {}
+            Ok(false) => {
                 let headers = RateLimitHeaders::default();
                 return ResponseFuture::inner(self.inner.call(request), headers, None);
             }
@@ -274,11 +275,12 @@ where
         // reading it.
         let span = decision_span(S::NAME);
         let immediate = {
-            let _entered = span.enter();
+            // Entered only when something listens: entering a disabled span still costs.
+            let _entered = (!span.is_disabled()).then(|| span.enter());
             limiter
-                .check_immediately(&plan)
+                .check_immediately(&plan, &span)
                 .as_ref()
-                .map(|answer| limiter.verdict(&plan, answer, &head))
+                .map(|answer| limiter.verdict(&plan, answer, &head, &span))
         };
         if let Some(verdict) = immediate {
             return match verdict {
@@ -289,10 +291,13 @@ where
             };
         }
         let limiter = arc_swap::Guard::into_inner(current);
+        // The future runs in `span`, and records into it (not into whatever span is current
+        // when nothing listens to this one).
+        let traced = span.clone();
         let check: PendingCheck<ReqB> = if plan.has_deferred() {
             let decide = async move {
-                let (answer, held) = limiter.decide_deferred(&plan).await;
-                let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request));
+                let (answer, held) = limiter.decide_deferred(&plan, &traced).await;
+                let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request), &traced);
                 let charge = match (&verdict, held) {
                     (Verdict::Admit(_), Some(held)) => Some(charge(limiter, plan, held)),
                     _ => None,
@@ -302,9 +307,9 @@ where
             Box::pin(decide.instrument(span))
         } else {
             let decide = async move {
-                let answer = limiter.check(&plan).await;
+                let answer = limiter.check(&plan, &traced).await;
                 // The request moved into this future: its head is borrowed anew, here.
-                let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request));
+                let verdict = limiter.verdict(&plan, &answer, &RequestHead::of(&request), &traced);
                 (verdict, None, request)
             };
             Box::pin(decide.instrument(span))
@@ -462,8 +467,17 @@ where
 /// The debug span of one limited request's decision: `rule` (the binding one), `outcome`
 /// (`allowed`, `denied` or `error`), `remaining` and `store_us` are recorded as they are known.
 /// Its fields hold rule names and figures only, never what identifies a client.
+///
+/// No span at all ([`Span::none`](tracing::Span::none)) when no subscriber takes debug spans:
+/// a disabled span of the macro still costs a few hundred instructions per request to make,
+/// enter, record and drop (with `tracing`'s `log` feature, which axum's default features turn
+/// on, each of those asks the `log` crate whether to write a line). So with no `tracing`
+/// subscriber, a `log` logger does not see this span (it still sees the events).
 fn decision_span(store: &'static str) -> tracing::Span {
     use tracing::field::Empty;
+    if !tracing::level_enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
     tracing::debug_span!(
         "rate_limit",
         store,

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
-use tollgate_core::{KeySecret, LogThrottle, Rule};
+use tollgate_core::{KeyBuilder, KeySecret, LogThrottle, Rule};
 
 use super::LOG_INTERVAL;
 use crate::client_ip::Cidr;
@@ -22,6 +22,10 @@ pub(crate) struct CompiledSource {
     pub(crate) source: Source,
     /// Bytes that separate this source's digests from every other source's.
     pub(crate) tag: Cow<'static, [u8]>,
+    /// The digest of this source's values as far as the secret and the tag: a request's value
+    /// continues a copy of it (the same digest as hashing all three, without rehashing the
+    /// tag on every request).
+    pub(crate) digest: KeyBuilder,
 }
 
 /// A limit as the limiter applies it.
@@ -94,7 +98,7 @@ pub(crate) fn limits(
     secret: &KeySecret,
     mistakes: &mut Vec<BuildError>,
 ) -> Compiled {
-    let mut sources = SourceTable::default();
+    let mut sources = SourceTable::new(*secret);
     let mut compiled = Vec::with_capacity(limits.len());
     for (i, limit) in limits.iter().enumerate() {
         let name = limit.name();
@@ -202,10 +206,13 @@ fn per_client_quotas(
 }
 
 /// The distinct key parts read by any limit or scope, numbered.
-#[derive(Default)]
-struct SourceTable(Vec<CompiledSource>);
+struct SourceTable(Vec<CompiledSource>, KeySecret);
 
 impl SourceTable {
+    fn new(secret: KeySecret) -> Self {
+        Self(Vec::new(), secret)
+    }
+
     /// The part's number, numbering it if it is new.
     fn number(&mut self, part: &KeyPart, mistakes: &mut Vec<BuildError>) -> usize {
         if let Some(i) = self.0.iter().position(|s| s.source == part.source) {
@@ -218,6 +225,7 @@ impl SourceTable {
             }
         }
         self.0.push(CompiledSource {
+            digest: self.1.key().part(&tag),
             tag,
             source: part.source.clone(),
         });

@@ -59,11 +59,12 @@ impl<S: Store> Limiter<S> {
     pub(crate) async fn decide_deferred(
         &self,
         plan: &Plan,
+        span: &tracing::Span,
     ) -> (Result<Outcome, S::Error>, Option<Held>) {
         let all = self.store_checks(plan, plan.all());
-        let watch = self.counters.stopwatch();
+        let watch = self.counters.stopwatch(span);
         let peeked = self.store.peek(&all).await;
-        self.counters.store_time(StoreOp::Peek, watch);
+        self.counters.store_time(StoreOp::Peek, watch, span);
         let peeked = match peeked {
             Ok(outcome) if outcome.decisions.len() == all.len() => outcome,
             // `verdict` reports what cannot be used.
@@ -114,7 +115,7 @@ impl<S: Store> Limiter<S> {
         if upfront == 0 {
             return (Ok(gated), Some(held));
         }
-        match self.check(plan).await {
+        match self.check(plan, span).await {
             Ok(charged) if charged.decisions.len() == upfront => {
                 let mut decisions = gated.decisions;
                 decisions[..upfront].copy_from_slice(&charged.decisions);

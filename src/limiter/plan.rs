@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use smallvec::{smallvec, SmallVec};
 use tollgate_core::{Check, Key, Outcome, Replay, Rule, Store};
+use tracing::Span;
 
 use super::compile::CompiledLimit;
 use super::Limiter;
@@ -16,8 +17,9 @@ use crate::metrics::{bump, StoreOp};
 use crate::response::MISSING_PEER_ADDR;
 use crate::route::RoutePattern;
 
-/// The limits that apply to one request, each with its key.
-#[derive(Clone)]
+/// The limits that apply to one request, each with its key. Made empty by the caller and
+/// filled in place by [`Limiter::plan`]: returned, it would be copied (a few hundred bytes).
+#[derive(Clone, Default)]
 pub(crate) struct Plan {
     /// The limits charged up front, then the `deferred` ones charged by the response.
     checks: SmallVec<[(LimitId, Key); 4]>,
@@ -159,9 +161,10 @@ impl<S> Limiter<S> {
 }
 
 impl<S: Store> Limiter<S> {
-    /// The limits that apply to the request and their keys; `None` when none applies. An error
-    /// when a limit needs the client address and the server provides none.
-    pub(crate) fn plan(&self, req: &RequestHead<'_>) -> Result<Option<Plan>, Refusal> {
+    /// The limits that apply to the request and their keys, written into `plan` (an empty
+    /// one); `false` when none applies. An error when a limit needs the client address and the
+    /// server provides none, or the request's cost cannot be read or can never pass.
+    pub(crate) fn plan(&self, req: &RequestHead<'_>, plan: &mut Plan) -> Result<bool, Refusal> {
         let mut parts: SmallVec<[Part; 8]> = smallvec![Part::Unread; self.sources.len()];
         let path = if self.path_scopes {
             scope_path(req)
@@ -170,9 +173,9 @@ impl<S: Store> Limiter<S> {
         };
         if self.is_exempt(req, &mut parts)? {
             self.counters.exempted();
-            return Ok(None);
+            return Ok(false);
         }
-        let mut checks: SmallVec<[(LimitId, Key); 4]> = SmallVec::new();
+        let checks = &mut plan.checks;
         let mut deferred: SmallVec<[(LimitId, Key); 2]> = SmallVec::new();
         // (deferred?, index among its kind, the request's own rule, its policy if not the limit's)
         let mut own: SmallVec<[(bool, OwnRule); 1]> = SmallVec::new();
@@ -220,7 +223,7 @@ impl<S: Store> Limiter<S> {
             }
         }
         if checks.is_empty() && deferred.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         let replay = self
             .idempotency
@@ -238,24 +241,28 @@ impl<S: Store> Limiter<S> {
             });
         let upfront = checks.len();
         let deferred_len = deferred.len();
-        checks.extend(deferred);
-        let own = own
-            .into_iter()
-            .map(|(is_deferred, own)| OwnRule {
-                at: if is_deferred {
-                    upfront + own.at
-                } else {
-                    own.at
-                },
-                ..own
-            })
-            .collect();
-        Ok(Some(Plan {
-            checks,
-            replay,
-            deferred: deferred_len,
-            own,
-        }))
+        // Most requests have neither: extending or collecting from nothing still costs.
+        if !deferred.is_empty() {
+            checks.extend(deferred);
+        }
+        let own = if own.is_empty() {
+            SmallVec::new()
+        } else {
+            own.into_iter()
+                .map(|(is_deferred, own)| OwnRule {
+                    at: if is_deferred {
+                        upfront + own.at
+                    } else {
+                        own.at
+                    },
+                    ..own
+                })
+                .collect()
+        };
+        plan.replay = replay;
+        plan.deferred = deferred_len;
+        plan.own = own;
+        Ok(true)
     }
 
     /// Whether the request passes uncounted: a predicate says so, the client address is in an
@@ -350,43 +357,56 @@ impl<S: Store> Limiter<S> {
     }
 
     /// The store's checks for the planned limits `range`.
+    #[inline]
     pub(super) fn store_checks<'a>(
         &'a self,
         plan: &'a Plan,
         range: std::ops::Range<usize>,
     ) -> SmallVec<[Check<'a>; 4]> {
-        range
-            .map(|i| Check {
+        // Pushed one by one: `collect` through `Extend` costs more than the checks (about 120
+        // instructions for one).
+        let mut checks = SmallVec::new();
+        for i in range {
+            checks.push(Check {
                 rule: self.rule_at(plan, i).0,
                 key: plan.checks[i].1,
-            })
-            .collect()
+            });
+        }
+        checks
     }
 
     /// The store's answer, if it gives it without waiting (`Store::check_immediately`) and the
     /// plan has no limit charged by the response.
-    pub(crate) fn check_immediately(&self, plan: &Plan) -> Option<Result<Outcome, S::Error>> {
+    pub(crate) fn check_immediately(
+        &self,
+        plan: &Plan,
+        span: &Span,
+    ) -> Option<Result<Outcome, S::Error>> {
         if plan.has_deferred() {
             return None;
         }
-        let watch = self.counters.stopwatch();
-        let answer = self.store.check_immediately(
-            &self.store_checks(plan, plan.upfront()),
-            plan.replay.as_ref(),
-        );
+        let watch = self.counters.stopwatch(span);
+        let checks = self.store_checks(plan, plan.upfront());
+        if !watch.is_running() {
+            // Returned as it comes: moving the answer (a 256-byte `Outcome`) costs more than
+            // most of deciding it.
+            return self.store.check_immediately(&checks, plan.replay.as_ref());
+        }
+        let answer = self.store.check_immediately(&checks, plan.replay.as_ref());
         // Timed only when it answered: a store that sends the caller to `check` is timed there.
         if answer.is_some() {
-            self.counters.store_time(StoreOp::Check, watch);
+            self.counters.store_time(StoreOp::Check, watch, span);
         }
         answer
     }
 
-    /// Asks the store about the limits charged up front, charging them.
-    pub(crate) async fn check(&self, plan: &Plan) -> Result<Outcome, S::Error> {
+    /// Asks the store about the limits charged up front, charging them; the time goes to
+    /// `span` (the request's decision span).
+    pub(crate) async fn check(&self, plan: &Plan, span: &Span) -> Result<Outcome, S::Error> {
         let checks = self.store_checks(plan, plan.upfront());
-        let watch = self.counters.stopwatch();
+        let watch = self.counters.stopwatch(span);
         let answer = self.store.check(&checks, plan.replay.as_ref()).await;
-        self.counters.store_time(StoreOp::Check, watch);
+        self.counters.store_time(StoreOp::Check, watch, span);
         answer
     }
 
@@ -404,7 +424,7 @@ impl<S: Store> Limiter<S> {
             Part::Unread => {}
         }
         let source = &self.sources[i];
-        let mut key = self.secret.key().part(&source.tag);
+        let mut key = source.digest.clone();
         let found = match &source.source {
             Source::ClientIp => {
                 let group = self

@@ -26,14 +26,15 @@ enum Unusable<'a, E> {
 }
 
 impl<S: Store> Limiter<S> {
-    /// What the store's answer means for the client; counts it and logs what deserves it.
+    /// What the store's answer means for the client; counts it, logs what deserves it, and
+    /// records it in `span` (the request's decision span).
     pub(crate) fn verdict(
         &self,
         plan: &Plan,
         answer: &Result<Outcome, S::Error>,
         req: &RequestHead<'_>,
+        span: &tracing::Span,
     ) -> Verdict {
-        let span = tracing::Span::current();
         let Some(outcome) = self.usable(plan, answer) else {
             span.record("outcome", "error");
             return Verdict::Respond(unavailable());

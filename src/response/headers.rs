@@ -4,15 +4,16 @@
 //! Options ([`HeaderStyle`], [`ResetFormat`], `Access-Control-Expose-Headers`) are fixed when the
 //! layer is built; header names and static values are precomputed, numbers below 10,000 are
 //! slices of one static table, each limit's own `X-RateLimit-Limit` is rendered once, and larger
-//! figures that repeat are kept per thread: the common path formats nothing, and allocates only
-//! for a large figure that changes on every request (a fixed window's `X-RateLimit-Remaining`
-//! counting down from a large limit).
+//! figures that repeat are kept per thread: the common path formats nothing, and a large figure
+//! that changes on every request (a fixed window's `X-RateLimit-Remaining` counting down from a
+//! large limit) is cut from a per-thread block of digits, not allocated on its own.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::thread::LocalKey;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use http::header::{ACCESS_CONTROL_EXPOSE_HEADERS, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
@@ -367,8 +368,9 @@ impl<T: Clone> Repeated<T> {
 }
 
 /// A number as a header value. Below [`STATIC_NUMBERS`], a slice of a static table: no
-/// allocation, and clones share nothing that must be counted. Above, one buffer of the
-/// exact size (a `HeaderValue` holds `Bytes`, which cannot hold bytes inline).
+/// allocation, and clones share nothing that must be counted. Above, a slice of this thread's
+/// current block of digits (a `HeaderValue` holds `Bytes`, which cannot hold bytes inline):
+/// one allocation per [`DIGIT_BLOCK`] bytes of figures rather than one per figure.
 pub(crate) fn number(n: u64) -> HeaderValue {
     if n < STATIC_NUMBERS {
         let width = width(n);
@@ -379,7 +381,29 @@ pub(crate) fn number(n: u64) -> HeaderValue {
         }
     }
     let mut digits = itoa::Buffer::new();
-    HeaderValue::from_str(digits.format(n)).unwrap_or_else(|_| HeaderValue::from(n))
+    let digits = digits.format(n).as_bytes();
+    let shared = DIGIT_BLOCKS.try_with(|block| {
+        let mut block = block.borrow_mut();
+        if block.capacity() - block.len() < digits.len() {
+            *block = BytesMut::with_capacity(DIGIT_BLOCK);
+        }
+        block.extend_from_slice(digits);
+        block.split().freeze()
+    });
+    match shared {
+        Ok(bytes) => HeaderValue::from_maybe_shared(bytes),
+        // The thread is exiting: its block is gone.
+        Err(_) => HeaderValue::from_bytes(digits),
+    }
+    .unwrap_or_else(|_| HeaderValue::from(n))
+}
+
+/// Bytes of the blocks [`number`] writes large figures into: a block lives while any value
+/// cut from it does, so it is kept small (at most 20 digits a figure: 25 or more figures).
+const DIGIT_BLOCK: usize = 512;
+
+thread_local! {
+    static DIGIT_BLOCKS: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 #[cfg(test)]
@@ -418,6 +442,19 @@ mod tests {
         }
         for n in 0..STATIC_NUMBERS + 10 {
             assert_eq!(number(n).to_str().unwrap(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn large_numbers_cut_from_shared_blocks_keep_their_digits() {
+        // Many blocks' worth, kept alive together: each value keeps its own bytes.
+        let values: Vec<(u64, HeaderValue)> = (0..2_000u64)
+            .map(|i| 10_000 + i * 7_919_993)
+            .chain([u64::MAX, 10_000])
+            .map(|n| (n, number(n)))
+            .collect();
+        for (n, value) in &values {
+            assert_eq!(value.to_str().unwrap(), n.to_string());
         }
     }
 
