@@ -12,6 +12,9 @@
 //! windows aligned on multiples of the period since the epoch as the core's `FixedWindow`), a
 //! shape the script never writes: the two modes never read each other's state.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::{join, join_all};
@@ -150,6 +153,50 @@ enum Answer {
     Counters(Result<CounterReply, RedisStoreError>),
 }
 
+/// A future run in the caller's task until it completes; dropped after its first poll and
+/// before it completes, it finishes in a task of its own (spawned only then: a task per request
+/// costs far more than the exchange itself, mostly in moving the future into it). Dropped before
+/// its first poll, it never starts, so nothing was sent and nothing is owed.
+struct FinishOnDrop<T: Send + 'static> {
+    exchange: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    started: bool,
+}
+
+impl<T: Send + 'static> FinishOnDrop<T> {
+    fn new(exchange: impl Future<Output = T> + Send + 'static) -> Self {
+        Self {
+            exchange: Some(Box::pin(exchange)),
+            started: false,
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for FinishOnDrop<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.started = true;
+        let exchange = self
+            .exchange
+            .as_mut()
+            .expect("FinishOnDrop polled after completion");
+        let output = std::task::ready!(exchange.as_mut().poll(cx));
+        self.exchange = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
+    fn drop(&mut self) {
+        if let (true, Some(exchange)) = (self.started, self.exchange.take()) {
+            // Without a runtime (it is shutting down) a spawned task would be dropped anyway.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(exchange));
+            }
+        }
+    }
+}
+
 /// Indices of `keys` per hash slot, in order of first appearance.
 fn by_slot<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
     let mut slots: Vec<Slot> = Vec::new();
@@ -177,9 +224,9 @@ impl RedisStore {
         REFUND_TIMEOUT.max(self.inner.budget)
     }
 
-    /// A request with at least one fixed-window rule, in counter mode. Its exchange runs in its
-    /// own task, so that once counters are charged, the refunds are made even if the caller
-    /// gives up (budget exhausted, request cancelled).
+    /// A request with at least one fixed-window rule, in counter mode. Its exchange runs in the
+    /// caller's task and, if the caller gives up once it has started (budget exhausted, request
+    /// cancelled), finishes in a task of its own, so that charged counters are still refunded.
     pub(super) async fn remote_counters(
         &self,
         checks: &[Check<'_>],
@@ -189,11 +236,10 @@ impl RedisStore {
         sent: Nanos,
     ) -> Result<Outcome, RedisStoreError> {
         let store = self.clone();
-        let task =
-            tokio::spawn(async move { store.counter_exchange(targets, replay, mode, sent).await });
-        let (decisions, replayed) = task.await.map_err(|e| {
-            RedisStoreError::Protocol(format!("the fixed-window counter task failed: {e}"))
-        })??;
+        let (decisions, replayed) = FinishOnDrop::new(async move {
+            store.counter_exchange(targets, replay, mode, sent).await
+        })
+        .await?;
         let outcome = Outcome::new(checks, decisions, replayed);
         if mode == Mode::Check {
             self.remember_denials(checks, &outcome, sent);
