@@ -58,6 +58,17 @@ impl Bench {
             .finish()
     }
 
+    /// The store's key for a rule, built as a hand-written client would (`format!`), so that
+    /// the peers stay the same whatever the store's own key building does.
+    fn raw_key(&self, rule: &Rule, j: usize, id: usize) -> String {
+        format!(
+            "{}:{}:{}",
+            self.store.prefix(),
+            rule.name(),
+            self.key(j, id).to_hex()
+        )
+    }
+
     async fn decide(&self, id: usize) {
         match self.variant {
             Variant::Gcra | Variant::VmArea | Variant::Counters => {
@@ -78,7 +89,7 @@ impl Bench {
                 let mut cmd = redis::cmd("FCALL");
                 cmd.arg(&FUNCTION.name).arg(self.rules.len());
                 for (j, rule) in self.rules.iter().enumerate() {
-                    cmd.arg(self.store.redis_key(rule, self.key(j, id)));
+                    cmd.arg(self.raw_key(rule, j, id));
                 }
                 cmd.arg("check")
                     .arg("")
@@ -118,7 +129,7 @@ impl Bench {
                     let period = rule.quota().period().as_nanos() as u64;
                     let window = now / period;
                     let ttl_ms = ((window + 1) * period - now).div_ceil(1_000_000) + 2_000;
-                    let key = format!("{}:{window}", self.store.redis_key(rule, self.key(j, id)));
+                    let key = format!("{}:{window}", self.raw_key(rule, j, id));
                     pipe.cmd("SET")
                         .arg(&key)
                         .arg(0)

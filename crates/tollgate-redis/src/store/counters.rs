@@ -12,6 +12,7 @@
 //! windows aligned on multiples of the period since the epoch as the core's `FixedWindow`), a
 //! shape the script never writes: the two modes never read each other's state.
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -66,7 +67,13 @@ impl Counter {
         let slack_ms = u64::try_from(slack.as_millis()).unwrap_or(u64::MAX);
         Self {
             index,
-            key: format!("{}:{window}", target.key),
+            key: {
+                // One allocation, sized for `:` and up to 20 digits (`format!` grows its buffer).
+                let mut key = String::with_capacity(target.key.len() + 21);
+                key.push_str(&target.key);
+                let _ = write!(key, ":{window}");
+                key
+            },
             rule: target.rule.clone(),
             reset_after,
             ttl_ms: reset_after
