@@ -694,7 +694,13 @@ mod tests {
 
     #[test]
     fn keys_carry_the_digest_as_32_lowercase_hex_digits() {
-        for value in [0, 1, 0xabc, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+        for value in [
+            0,
+            1,
+            0xabc,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
             let mut out = String::from("p:");
             push_hex(&mut out, value);
             assert_eq!(out, format!("p:{value:032x}"));

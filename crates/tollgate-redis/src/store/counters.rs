@@ -170,9 +170,11 @@ struct FinishOnDrop<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> FinishOnDrop<T> {
-    fn new(exchange: impl Future<Output = T> + Send + 'static) -> Self {
+    /// Takes the future boxed already: a future is moved by copying all of it, and this one
+    /// is large, so it is built in its box once and never moved again.
+    fn new(exchange: Pin<Box<dyn Future<Output = T> + Send>>) -> Self {
         Self {
-            exchange: Some(Box::pin(exchange)),
+            exchange: Some(exchange),
             started: false,
         }
     }
@@ -243,9 +245,9 @@ impl RedisStore {
         sent: Nanos,
     ) -> Result<Outcome, RedisStoreError> {
         let store = self.clone();
-        let (decisions, replayed) = FinishOnDrop::new(async move {
+        let (decisions, replayed) = FinishOnDrop::new(Box::pin(async move {
             store.counter_exchange(targets, replay, mode, sent).await
-        })
+        }))
         .await?;
         let outcome = Outcome::new(checks, decisions, replayed);
         if mode == Mode::Check {
@@ -300,8 +302,9 @@ impl RedisStore {
 
         let mut replayed = false;
         if let Some((key, r)) = &replay {
-            replayed = self
-                .call(Call::take_replay(script_now, key, r))
+            // Boxed, as every path most requests do not take: the exchange's future is as large
+            // as its largest step, and every request moves it.
+            replayed = Box::pin(self.call(Call::take_replay(script_now, key, r)))
                 .await?
                 .allowed;
         }
@@ -408,7 +411,7 @@ impl RedisStore {
                     self.undo(Call::return_replay(script_now, key, r), "could not give back a free replay of a denied request; one fewer repeat of it passes free").await;
                 }
             };
-            join(join(counters, scripts), give_back).await;
+            Box::pin(join(join(counters, scripts), give_back)).await;
         }
         let Some(decisions) = decisions else {
             let error = answers.into_iter().find_map(|a| match a {
@@ -419,7 +422,9 @@ impl RedisStore {
         };
         if mode == Mode::Check && allowed && !replayed {
             if let Some((key, r)) = &replay {
-                if let Err(error) = self.call(Call::create_replay(script_now, key, r)).await {
+                if let Err(error) =
+                    Box::pin(self.call(Call::create_replay(script_now, key, r))).await
+                {
                     // The request was charged; only a later free replay is lost.
                     if let Some(suppressed) = self.inner.warn.permit() {
                         tracing::warn!(target: "tollgate_redis", %error, suppressed, "could not record an idempotency key; a repeat will be charged");
@@ -496,10 +501,10 @@ impl RedisStore {
             for &(i, up) in &negative {
                 pipe.cmd("INCRBY").arg(&group[i].key).arg(up).ignore();
             }
-            self.inner.conn.pipeline(&pipe).await?;
+            Box::pin(self.inner.conn.pipeline(&pipe)).await?;
         }
         if !broken.is_empty() {
-            for (i, count) in self.repair(group, &broken).await? {
+            for (i, count) in Box::pin(self.repair(group, &broken)).await? {
                 counts[i] = count;
             }
         }

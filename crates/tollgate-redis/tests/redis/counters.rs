@@ -273,7 +273,10 @@ async fn a_request_dropped_after_its_charge_was_sent_is_still_refunded() {
         .build();
     let rule = window("dropped", Quota::per_hour(1).unwrap());
     let who = key("dropped");
-    let check = [Check { rule: &rule, key: who }];
+    let check = [Check {
+        rule: &rule,
+        key: who,
+    }];
     assert!(store.check(&check, None).await.unwrap().allowed);
     assert!(
         store.check(&check, None).now_or_never().is_none(),
