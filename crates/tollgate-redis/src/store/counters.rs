@@ -268,6 +268,14 @@ impl RedisStore {
         now: Nanos,
     ) -> Result<(Decisions, bool), RedisStoreError> {
         let cluster = self.inner.conn.is_cluster();
+        if !cluster
+            && replay.is_none()
+            && targets
+                .iter()
+                .all(|t| t.rule.algorithm() == Algorithm::FixedWindow)
+        {
+            return self.counters_only(&targets, mode, now).await;
+        }
         let slack = self.counter_slack();
         let (windows, scripted): (Vec<usize>, Vec<usize>) = (0..targets.len())
             .partition(|&i| targets[i].rule.algorithm() == Algorithm::FixedWindow);
@@ -433,6 +441,42 @@ impl RedisStore {
             }
         }
         Ok((decisions, replayed && allowed))
+    }
+
+    /// The common case, on one Redis: every rule a fixed window and no replay. The steps of
+    /// [`counter_exchange`](Self::counter_exchange) with a single group: one pipeline, then the
+    /// refunds of a denied request (and of a shadow rule charged past its limit).
+    async fn counters_only(
+        &self,
+        targets: &[Target],
+        mode: Mode,
+        now: Nanos,
+    ) -> Result<(Decisions, bool), RedisStoreError> {
+        let slack = self.counter_slack();
+        let counters: Vec<Counter> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Counter::new(i, t, now, slack))
+            .collect();
+        let reply = self.counters_decide(&counters, mode, false).await?;
+        let allowed = reply
+            .decisions
+            .iter()
+            .zip(targets)
+            .all(|(d, t)| d.allowed || t.rule.is_shadow());
+        if mode == Mode::Check {
+            let refunds: Vec<(String, u64, u64)> = counters
+                .iter()
+                .zip(&reply.decisions)
+                .zip(&reply.charged)
+                .filter(|((_, d), &charged)| charged && (!allowed || !d.allowed))
+                .map(|((c, _), _)| (c.key.clone(), c.rule.cost(), c.ttl_ms))
+                .collect();
+            if !refunds.is_empty() {
+                Box::pin(self.refund_counters(refunds)).await;
+            }
+        }
+        Ok((reply.decisions.into_iter().collect(), false))
     }
 
     /// One counter group (one hash slot, or every counter on one Redis): `Check` charges each
