@@ -623,9 +623,11 @@ impl RedisStore {
 /// Appends `value` as 32 lowercase hex digits (as `{:032x}`).
 fn push_hex(out: &mut String, value: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..32).rev() {
-        out.push(char::from(DIGITS[((value >> (shift * 4)) & 0xf) as usize]));
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = DIGITS[((value >> ((31 - i) * 4)) & 0xf) as usize];
     }
+    out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
 }
 
 /// Whether the deny cache may answer for `check`: an enforced rule, and not one where the
