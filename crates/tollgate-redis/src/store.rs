@@ -218,7 +218,7 @@ impl RedisStoreBuilder {
     ///   are about to be given back. All-or-nothing still holds once the refund lands: a
     ///   denied request burns nothing. A refund is lost only if Redis fails in between; the
     ///   charge then stays until its window ends. A request cancelled or timed out after its
-    ///   charge was sent still gets its refund (the exchange runs in a task of its own).
+    ///   charge was sent still gets its refund (the exchange then finishes in a task of its own).
     /// - **Time is this process's clock**, not Redis `TIME`: the window comes from the store's
     ///   clock ([`local_clock`](Self::local_clock), the system clock by default). Instances
     ///   whose clocks disagree shift their window edges by the skew: near an edge, one
