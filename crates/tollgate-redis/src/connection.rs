@@ -163,11 +163,17 @@ impl RedisConnection {
         call: &Call<'_>,
         dialect: &Dialect,
     ) -> Result<Vec<i64>, RedisStoreError> {
+        // The pool's and the Cluster's futures are boxed: a future is as large as its largest
+        // arm, and every decision copies it as it is awaited, level by level.
         match self {
             RedisConnection::Manager(c) => invoke_on(&mut c.clone(), call, dialect).await,
             RedisConnection::Multiplexed(c) => invoke_on(&mut c.clone(), call, dialect).await,
-            RedisConnection::Pool(pool) => invoke_on(&mut pool.get().await?, call, dialect).await,
-            RedisConnection::Cluster(c) => invoke_on(&mut c.clone(), call, dialect).await,
+            RedisConnection::Pool(pool) => {
+                Box::pin(async { invoke_on(&mut pool.get().await?, call, dialect).await }).await
+            }
+            RedisConnection::Cluster(c) => {
+                Box::pin(async { invoke_on(&mut c.clone(), call, dialect).await }).await
+            }
         }
     }
 
@@ -192,11 +198,20 @@ impl RedisConnection {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<Vec<redis::Value>, RedisStoreError> {
+        // Boxed arms: see `invoke`.
         Ok(match self {
             RedisConnection::Manager(c) => pipe.query_async(&mut c.clone()).await?,
             RedisConnection::Multiplexed(c) => pipe.query_async(&mut c.clone()).await?,
-            RedisConnection::Pool(pool) => pipe.query_async(&mut pool.get().await?).await?,
-            RedisConnection::Cluster(c) => pipe.query_async(&mut c.clone()).await?,
+            RedisConnection::Pool(pool) => {
+                Box::pin(async {
+                    let mut conn = pool.get().await?;
+                    Ok::<_, RedisStoreError>(pipe.query_async(&mut conn).await?)
+                })
+                .await?
+            }
+            RedisConnection::Cluster(c) => {
+                Box::pin(async { pipe.query_async(&mut c.clone()).await }).await?
+            }
         })
     }
 

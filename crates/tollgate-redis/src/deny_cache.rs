@@ -27,7 +27,9 @@
 //! entries, then the entry, among a sample, that expires soonest. Flights hold an entry per pair
 //! only while their call is in flight.
 
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -51,11 +53,62 @@ struct Entry {
 /// (rule id, key digest).
 pub(crate) type Slot = (u64, u128);
 
+/// Hashes a [`Slot`] as SipHash (keyed at random per map, as the standard map's default) of
+/// one word folded from it, where the default hashes its three words: a lookup per pair per
+/// decision, and the fold keeps what matters against flooding. The digest is itself a keyed
+/// hash, so even an attacker who knows the key secret finds two pairs with the same fold only
+/// by brute force over 64 bits.
+#[derive(Debug, Clone, Default)]
+struct SlotHashing(RandomState);
+
+impl BuildHasher for SlotHashing {
+    type Hasher = SlotHasher;
+
+    fn build_hasher(&self) -> SlotHasher {
+        SlotHasher {
+            sip: self.0.build_hasher(),
+            folded: 0,
+        }
+    }
+}
+
+struct SlotHasher {
+    sip: std::collections::hash_map::DefaultHasher,
+    folded: u64,
+}
+
+impl Hasher for SlotHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not a slot's shape (words only): hashed in full.
+        self.sip.write(bytes);
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        // An odd multiplier, then a rotation: distinct words in distinct positions fold apart.
+        self.folded = (self.folded ^ word)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+
+    fn write_u128(&mut self, word: u128) {
+        self.write_u64(word as u64);
+        self.write_u64((word >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut sip = self.sip.clone();
+        sip.write_u64(self.folded);
+        sip.finish()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    entries: HashMap<Slot, Entry>,
-    /// The flights in the air, by the pairs they lead: (flight id, its end).
-    flights: HashMap<Slot, (u64, watch::Receiver<()>)>,
+    entries: HashMap<Slot, Entry, SlotHashing>,
+    /// The flights in the air, by the pairs they lead: the flight's id, and the end its
+    /// followers wait for, made by the first follower (most flights have none, and then cost
+    /// no channel). Removing the entry drops the sender, which releases the followers.
+    flights: HashMap<Slot, (u64, Option<watch::Sender<()>>), SlotHashing>,
 }
 
 #[derive(Debug)]
@@ -77,25 +130,22 @@ pub(crate) enum Join<'a> {
 }
 
 /// A call to Redis that other requests on its pairs wait for; they are released when it is
-/// dropped (answered, failed or cancelled).
+/// dropped (answered, failed or cancelled): its entries, and with them their senders, are
+/// removed, so the followers' `changed()` returns.
 pub(crate) struct Flight<'a> {
     cache: &'a DenyCache,
     id: u64,
     slots: Vec<Slot>,
-    /// Dropped with the flight: its followers' `changed()` then returns.
-    _end: watch::Sender<()>,
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
         for slot in &self.slots {
             let mut shard = self.cache.shard(slot).lock();
-            if shard
-                .flights
-                .get(slot)
-                .is_some_and(|(id, _)| *id == self.id)
-            {
-                shard.flights.remove(slot);
+            if let MapEntry::Occupied(entry) = shard.flights.entry(*slot) {
+                if entry.get().0 == self.id {
+                    entry.remove();
+                }
             }
         }
     }
@@ -138,27 +188,22 @@ impl DenyCache {
     /// the cache), or leads a new one for all of them.
     pub(crate) fn join(&self, slots: Vec<Slot>) -> Join<'_> {
         for slot in &slots {
-            let shard = self.shard(slot).lock();
-            if let Some((_, end)) = shard.flights.get(slot) {
-                // A flight whose leader is gone is over (its entry is about to be removed).
-                if end.has_changed().is_ok() {
-                    return Join::Follow(end.clone());
-                }
+            let mut shard = self.shard(slot).lock();
+            // An entry exists only while its leader's flight does (the flight removes it when
+            // dropped, under this lock).
+            if let Some((_, end)) = shard.flights.get_mut(slot) {
+                let end = end.get_or_insert_with(|| watch::channel(()).0);
+                return Join::Follow(end.subscribe());
             }
         }
         let id = self.flight_ids.fetch_add(1, Ordering::Relaxed);
-        let (end, ended) = watch::channel(());
         for slot in &slots {
-            self.shard(slot)
-                .lock()
-                .flights
-                .insert(*slot, (id, ended.clone()));
+            self.shard(slot).lock().flights.insert(*slot, (id, None));
         }
         Join::Lead(Flight {
             cache: self,
             id,
             slots,
-            _end: end,
         })
     }
 

@@ -218,7 +218,7 @@ impl RedisStoreBuilder {
     ///   are about to be given back. All-or-nothing still holds once the refund lands: a
     ///   denied request burns nothing. A refund is lost only if Redis fails in between; the
     ///   charge then stays until its window ends. A request cancelled or timed out after its
-    ///   charge was sent still gets its refund (the exchange runs in a task of its own).
+    ///   charge was sent still gets its refund (the exchange then finishes in a task of its own).
     /// - **Time is this process's clock**, not Redis `TIME`: the window comes from the store's
     ///   clock ([`local_clock`](Self::local_clock), the system clock by default). Instances
     ///   whose clocks disagree shift their window edges by the skew: near an edge, one
@@ -334,7 +334,16 @@ impl RedisStore {
 
     /// The Redis key holding `rule`'s state for `key`: `<prefix>:<rule name>:<32 hex digits>`.
     pub fn redis_key(&self, rule: &Rule, key: tollgate_core::Key) -> String {
-        format!("{}:{}:{}", self.inner.prefix, rule.name(), key.to_hex())
+        // Built by hand, once per rule per decision: `format!` and `to_hex` cost an allocation
+        // and the formatting machinery each.
+        let (prefix, name) = (&*self.inner.prefix, rule.name());
+        let mut out = String::with_capacity(prefix.len() + name.len() + 2 + 32);
+        out.push_str(prefix);
+        out.push(':');
+        out.push_str(name);
+        out.push(':');
+        push_hex(&mut out, key.as_u128());
+        out
     }
 
     /// The Redis key of an idempotency record: `<prefix>:~replay:<32 hex digits>` (`~` cannot
@@ -611,6 +620,16 @@ impl RedisStore {
     }
 }
 
+/// Appends `value` as 32 lowercase hex digits (as `{:032x}`).
+fn push_hex(out: &mut String, value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = DIGITS[((value >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    out.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
+}
+
 /// Whether the deny cache may answer for `check`: an enforced rule, and not one where the
 /// request may be a free replay (Redis alone knows).
 fn cached(check: &Check<'_>, replay: bool) -> bool {
@@ -668,5 +687,25 @@ impl Store for RedisStore {
         checks: &[Check<'_>],
     ) -> impl std::future::Future<Output = Result<Outcome, Self::Error>> + Send {
         self.decide(checks, None, Mode::Peek)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_hex;
+
+    #[test]
+    fn keys_carry_the_digest_as_32_lowercase_hex_digits() {
+        for value in [
+            0,
+            1,
+            0xabc,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            let mut out = String::from("p:");
+            push_hex(&mut out, value);
+            assert_eq!(out, format!("p:{value:032x}"));
+        }
     }
 }

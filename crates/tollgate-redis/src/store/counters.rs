@@ -12,6 +12,10 @@
 //! windows aligned on multiples of the period since the epoch as the core's `FixedWindow`), a
 //! shape the script never writes: the two modes never read each other's state.
 
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::{join, join_all};
@@ -63,7 +67,13 @@ impl Counter {
         let slack_ms = u64::try_from(slack.as_millis()).unwrap_or(u64::MAX);
         Self {
             index,
-            key: format!("{}:{window}", target.key),
+            key: {
+                // One allocation, sized for `:` and up to 20 digits (`format!` grows its buffer).
+                let mut key = String::with_capacity(target.key.len() + 21);
+                key.push_str(&target.key);
+                let _ = write!(key, ":{window}");
+                key
+            },
             rule: target.rule.clone(),
             reset_after,
             ttl_ms: reset_after
@@ -150,6 +160,52 @@ enum Answer {
     Counters(Result<CounterReply, RedisStoreError>),
 }
 
+/// A future run in the caller's task until it completes; dropped after its first poll and
+/// before it completes, it finishes in a task of its own (spawned only then: a task per request
+/// costs far more than the exchange itself, mostly in moving the future into it). Dropped before
+/// its first poll, it never starts, so nothing was sent and nothing is owed.
+struct FinishOnDrop<T: Send + 'static> {
+    exchange: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    started: bool,
+}
+
+impl<T: Send + 'static> FinishOnDrop<T> {
+    /// Takes the future boxed already: a future is moved by copying all of it, and this one
+    /// is large, so it is built in its box once and never moved again.
+    fn new(exchange: Pin<Box<dyn Future<Output = T> + Send>>) -> Self {
+        Self {
+            exchange: Some(exchange),
+            started: false,
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for FinishOnDrop<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.started = true;
+        let exchange = self
+            .exchange
+            .as_mut()
+            .expect("FinishOnDrop polled after completion");
+        let output = std::task::ready!(exchange.as_mut().poll(cx));
+        self.exchange = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
+    fn drop(&mut self) {
+        if let (true, Some(exchange)) = (self.started, self.exchange.take()) {
+            // Without a runtime (it is shutting down) a spawned task would be dropped anyway.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(exchange));
+            }
+        }
+    }
+}
+
 /// Indices of `keys` per hash slot, in order of first appearance.
 fn by_slot<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<Vec<usize>> {
     let mut slots: Vec<Slot> = Vec::new();
@@ -177,9 +233,9 @@ impl RedisStore {
         REFUND_TIMEOUT.max(self.inner.budget)
     }
 
-    /// A request with at least one fixed-window rule, in counter mode. Its exchange runs in its
-    /// own task, so that once counters are charged, the refunds are made even if the caller
-    /// gives up (budget exhausted, request cancelled).
+    /// A request with at least one fixed-window rule, in counter mode. Its exchange runs in the
+    /// caller's task and, if the caller gives up once it has started (budget exhausted, request
+    /// cancelled), finishes in a task of its own, so that charged counters are still refunded.
     pub(super) async fn remote_counters(
         &self,
         checks: &[Check<'_>],
@@ -189,11 +245,10 @@ impl RedisStore {
         sent: Nanos,
     ) -> Result<Outcome, RedisStoreError> {
         let store = self.clone();
-        let task =
-            tokio::spawn(async move { store.counter_exchange(targets, replay, mode, sent).await });
-        let (decisions, replayed) = task.await.map_err(|e| {
-            RedisStoreError::Protocol(format!("the fixed-window counter task failed: {e}"))
-        })??;
+        let (decisions, replayed) = FinishOnDrop::new(Box::pin(async move {
+            store.counter_exchange(targets, replay, mode, sent).await
+        }))
+        .await?;
         let outcome = Outcome::new(checks, decisions, replayed);
         if mode == Mode::Check {
             self.remember_denials(checks, &outcome, sent);
@@ -213,6 +268,14 @@ impl RedisStore {
         now: Nanos,
     ) -> Result<(Decisions, bool), RedisStoreError> {
         let cluster = self.inner.conn.is_cluster();
+        if !cluster
+            && replay.is_none()
+            && targets
+                .iter()
+                .all(|t| t.rule.algorithm() == Algorithm::FixedWindow)
+        {
+            return self.counters_only(&targets, mode, now).await;
+        }
         let slack = self.counter_slack();
         let (windows, scripted): (Vec<usize>, Vec<usize>) = (0..targets.len())
             .partition(|&i| targets[i].rule.algorithm() == Algorithm::FixedWindow);
@@ -247,8 +310,9 @@ impl RedisStore {
 
         let mut replayed = false;
         if let Some((key, r)) = &replay {
-            replayed = self
-                .call(Call::take_replay(script_now, key, r))
+            // Boxed, as every path most requests do not take: the exchange's future is as large
+            // as its largest step, and every request moves it.
+            replayed = Box::pin(self.call(Call::take_replay(script_now, key, r)))
                 .await?
                 .allowed;
         }
@@ -355,7 +419,7 @@ impl RedisStore {
                     self.undo(Call::return_replay(script_now, key, r), "could not give back a free replay of a denied request; one fewer repeat of it passes free").await;
                 }
             };
-            join(join(counters, scripts), give_back).await;
+            Box::pin(join(join(counters, scripts), give_back)).await;
         }
         let Some(decisions) = decisions else {
             let error = answers.into_iter().find_map(|a| match a {
@@ -366,7 +430,9 @@ impl RedisStore {
         };
         if mode == Mode::Check && allowed && !replayed {
             if let Some((key, r)) = &replay {
-                if let Err(error) = self.call(Call::create_replay(script_now, key, r)).await {
+                if let Err(error) =
+                    Box::pin(self.call(Call::create_replay(script_now, key, r))).await
+                {
                     // The request was charged; only a later free replay is lost.
                     if let Some(suppressed) = self.inner.warn.permit() {
                         tracing::warn!(target: "tollgate_redis", %error, suppressed, "could not record an idempotency key; a repeat will be charged");
@@ -375,6 +441,42 @@ impl RedisStore {
             }
         }
         Ok((decisions, replayed && allowed))
+    }
+
+    /// The common case, on one Redis: every rule a fixed window and no replay. The steps of
+    /// [`counter_exchange`](Self::counter_exchange) with a single group: one pipeline, then the
+    /// refunds of a denied request (and of a shadow rule charged past its limit).
+    async fn counters_only(
+        &self,
+        targets: &[Target],
+        mode: Mode,
+        now: Nanos,
+    ) -> Result<(Decisions, bool), RedisStoreError> {
+        let slack = self.counter_slack();
+        let counters: Vec<Counter> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Counter::new(i, t, now, slack))
+            .collect();
+        let reply = self.counters_decide(&counters, mode, false).await?;
+        let allowed = reply
+            .decisions
+            .iter()
+            .zip(targets)
+            .all(|(d, t)| d.allowed || t.rule.is_shadow());
+        if mode == Mode::Check {
+            let refunds: Vec<(String, u64, u64)> = counters
+                .iter()
+                .zip(&reply.decisions)
+                .zip(&reply.charged)
+                .filter(|((_, d), &charged)| charged && (!allowed || !d.allowed))
+                .map(|((c, _), _)| (c.key.clone(), c.rule.cost(), c.ttl_ms))
+                .collect();
+            if !refunds.is_empty() {
+                Box::pin(self.refund_counters(refunds)).await;
+            }
+        }
+        Ok((reply.decisions.into_iter().collect(), false))
     }
 
     /// One counter group (one hash slot, or every counter on one Redis): `Check` charges each
@@ -443,10 +545,10 @@ impl RedisStore {
             for &(i, up) in &negative {
                 pipe.cmd("INCRBY").arg(&group[i].key).arg(up).ignore();
             }
-            self.inner.conn.pipeline(&pipe).await?;
+            Box::pin(self.inner.conn.pipeline(&pipe)).await?;
         }
         if !broken.is_empty() {
-            for (i, count) in self.repair(group, &broken).await? {
+            for (i, count) in Box::pin(self.repair(group, &broken)).await? {
                 counts[i] = count;
             }
         }

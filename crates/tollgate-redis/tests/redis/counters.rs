@@ -258,6 +258,49 @@ async fn a_denied_request_is_refunded() {
     assert!(store.stats().refunds >= 4);
 }
 
+/// A request dropped once its charge is on the wire (cancelled, or its budget spent) still gets
+/// its refund: the exchange finishes on its own. Polled once, the second request of a limit of 1
+/// has sent its `INCRBY` (Redis counts 2, a denial); dropped, it must still give the unit back.
+#[tokio::test]
+async fn a_request_dropped_after_its_charge_was_sent_is_still_refunded() {
+    use futures_util::FutureExt;
+
+    let redis = TestRedis::start().await;
+    let prefix = format!("tgd{}", nonce());
+    let store = counting(patient(redis.url()).await)
+        .prefix(prefix.as_str())
+        .deny_cache(None)
+        .build();
+    let rule = window("dropped", Quota::per_hour(1).unwrap());
+    let who = key("dropped");
+    let check = [Check {
+        rule: &rule,
+        key: who,
+    }];
+    assert!(store.check(&check, None).await.unwrap().allowed);
+    assert!(
+        store.check(&check, None).now_or_never().is_none(),
+        "a round trip cannot be over at its first poll"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.stats().refunds == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped request was never refunded: {:?}",
+            store.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut admin = redis.admin().await;
+    let count: i64 = redis::cmd("GET")
+        .arg(counter_key(&store, &rule, who, 3_600))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "the dropped request's charge was given back");
+    assert_eq!(store.stats().refund_failures, 0);
+}
+
 /// The counter key of `rule` for `key` in the window that holds now (period in seconds).
 fn counter_key(store: &RedisStore, rule: &Rule, key: Key, period_secs: u64) -> String {
     let now = SystemTime::now()
