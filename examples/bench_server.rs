@@ -23,6 +23,8 @@
 //!   `X-RateLimit-*` headers: the same work as `governor`.
 //! - `redis`: the same limiter as `memory` on `RedisStore` (`REDIS_URL`, default
 //!   `redis://127.0.0.1:6379`; a `ConnectionManager`, deny cache on: the store's defaults).
+//! - `redis-counters`: `redis` with `fixed_window_counters(true)`: the two windows as `INCRBY`
+//!   counters in one pipeline instead of the script.
 //! - `governor`: tower_governor per client IP (its `PeerIpKeyExtractor`, with its headers), 1
 //!   per nanosecond with a burst of 2^32-1, so that the load is admitted.
 //! - `flood`: tollgate, memory store, one per-IP limit of 1 per day: after the first request,
@@ -91,6 +93,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let store = tollgate_redis::RedisStore::connect(&url).await?;
             app().layer(vmarea().store(store).build()?)
         }
+        "redis-counters" => {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+            let connection = tollgate_redis::RedisConnection::connect(url.as_str()).await?;
+            let store = tollgate_redis::RedisStore::builder(connection)
+                .fixed_window_counters(true)
+                .build();
+            store.load_script().await?;
+            app().layer(vmarea().store(store).build()?)
+        }
         "ip" => app().layer(
             RateLimitLayer::builder()
                 .limit(Limit::per_minute("per_ip", PER_MINUTE).key(KeyPart::client_ip()))
@@ -121,7 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => {
             return Err(format!(
-                "unknown mode {other:?}: bare, memory, ip, redis, governor, flood or governor-flood"
+                "unknown mode {other:?}: bare, memory, ip, redis, redis-counters, governor, flood or governor-flood"
             )
             .into())
         }

@@ -9,7 +9,8 @@
 #
 # Variants (see examples/bench_server.rs): bare (axum hello world), memory (tollgate, memory
 # store, the two VMArea buckets stacked), ip (tollgate, one per-IP GCRA limit with its headers),
-# redis (memory's limiter on RedisStore), governor (tower_governor per IP, with its headers), and
+# redis (memory's limiter on RedisStore), redis-counters (the same with fixed_window_counters),
+# governor (tower_governor per IP, with its headers), and
 # two floods where every request after the first is a 429: flood (tollgate) and governor-flood
 # (tower_governor). Every request carries `x-api-key`, so the per-token bucket applies; outside
 # the floods the quotas admit the whole load. Variants alternate (A B C D A B C D ...) so that drift in the
@@ -27,7 +28,7 @@
 #
 # Settings (environment): DURATION (per run, default 5s), WARMUP (unmeasured wrk run before each
 # measured one, default 1s; 0 to skip), ROUNDS (default 2), CONNECTIONS (default 64), THREADS
-# (wrk threads, default 1), VARIANTS (default "bare memory ip redis governor flood governor-flood"), PIN (1: pin with
+# (wrk threads, default 1), VARIANTS (default "bare memory ip redis redis-counters governor flood governor-flood"), PIN (1: pin with
 # taskset when available, default; 0: don't), NOISY (flag a run during which other processes
 # used more than this % of a CPU, default 25), WAIT_QUIET (on a shared machine: before each run,
 # wait up to this many seconds for other processes to calm down below NOISY, default 0), SKIP_BUILD (1: use the built binary as is),
@@ -40,7 +41,7 @@ WARMUP=${WARMUP:-1s}
 ROUNDS=${ROUNDS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
-VARIANTS=${VARIANTS:-bare memory ip redis governor flood governor-flood}
+VARIANTS=${VARIANTS:-bare memory ip redis redis-counters governor flood governor-flood}
 PIN=${PIN:-1}
 NOISY=${NOISY:-25}
 WAIT_QUIET=${WAIT_QUIET:-0}
@@ -112,7 +113,7 @@ fi
 # --- Redis for the redis variant -------------------------------------------------------------
 REDIS_NOTE=""
 REDIS_PID=""
-if [[ " $VARIANTS " == *" redis "* ]]; then
+if [[ " $VARIANTS " == *" redis "* || " $VARIANTS " == *" redis-counters "* ]]; then
     if [ -n "${REDIS_URL:-}" ]; then
         REDIS_NOTE="REDIS_URL=$REDIS_URL"
     elif command -v redis-server >/dev/null; then
@@ -131,7 +132,7 @@ if [[ " $VARIANTS " == *" redis "* ]]; then
         REDIS_NOTE="redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on 127.0.0.1:$port"
     else
         echo "http-bench: skipping the redis variant: set REDIS_URL or install redis-server (apt-get install redis-server)" >&2
-        VARIANTS=$(echo "$VARIANTS" | sed 's/\bredis\b//')
+        VARIANTS=$(echo " $VARIANTS " | sed 's/ redis-counters / /; s/ redis / /')
     fi
 fi
 
@@ -250,7 +251,7 @@ for round in $(seq "$ROUNDS"); do
     for variant in $VARIANTS; do
         if [ "$WAIT_QUIET" -gt 0 ]; then wait_quiet; fi
         run "$variant"
-        printf 'round %d  %-9s %10.0f req/s   p99 %8.3f ms   CPU%%: server %3d, wrk %3d, redis %3d, other processes %3d' \
+        printf 'round %d  %-14s %10.0f req/s   p99 %8.3f ms   CPU%%: server %3d, wrk %3d, redis %3d, other processes %3d' \
             "$round" "$variant" "$RPS" "$P99" "$SERVER_CPU" "$WRK_CPU" "$REDIS_CPU" "$OTHER_CPU"
         if [ "$NON2XX" != 0 ] && [[ "$variant" != *flood ]]; then printf '   WARNING: %s non-2xx responses' "$NON2XX"; fi
         if [ "$OTHER_CPU" -gt "$NOISY" ]; then
@@ -273,7 +274,7 @@ rows() {
 
 echo "median per variant (of its quiet runs when it has any; NOISY runs are left out then):"
 bare_rps=$(rows bare | awk '{ print $2 }' | median)
-printf '%-9s %12s %12s %14s %8s\n' variant "req/s" "p99 (ms)" "ratio to bare" runs
+printf '%-14s %12s %12s %14s %8s\n' variant "req/s" "p99 (ms)" "ratio to bare" runs
 for variant in $VARIANTS; do
     rps=$(rows "$variant" | awk '{ print $2 }' | median)
     p99=$(rows "$variant" | awk '{ print $3 }' | median)
@@ -285,7 +286,7 @@ for variant in $VARIANTS; do
         ratio="-"
     fi
     if [ "$quiet" -gt 0 ]; then note="$used quiet"; else note="$used NOISY"; fi
-    printf '%-9s %12.0f %12.3f %14s %8s\n' "$variant" "$rps" "$p99" "$ratio" "$note"
+    printf '%-14s %12.0f %12.3f %14s %8s\n' "$variant" "$rps" "$p99" "$ratio" "$note"
 done
 if [ "$NOISY_RUNS" -gt 0 ]; then
     echo
