@@ -138,3 +138,20 @@ async fn store_failures_are_errors_of_every_applicable_rule() {
         "{text}"
     );
 }
+
+/// Near the limit means less than `near_limit_percent` of it left: with 30 % of 10, the
+/// requests leaving 2, 1 and 0 are near it, the one leaving 3 (exactly 30 %) is not.
+#[tokio::test]
+async fn near_the_limit_is_strictly_less_than_its_percent_left() {
+    let (client, layer) = serve(
+        RateLimitLayer::builder()
+            .near_limit_percent(30)
+            .limit(Limit::per_minute("per_ip", 10).key(KeyPart::client_ip())),
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(client.get("/").await.status, StatusCode::OK);
+    }
+    let per_ip = layer.metrics().limit("per_ip").cloned().unwrap();
+    assert_eq!((per_ip.allowed, per_ip.near_limit), (10, 3));
+}

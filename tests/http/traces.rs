@@ -118,3 +118,74 @@ async fn a_decision_span_names_rule_outcome_remaining_and_store_time_and_no_iden
         assert!(!all.contains(secret), "{secret} reached a trace:\n{all}");
     }
 }
+
+/// A table of client quotas that never changes.
+#[derive(Clone)]
+struct Quotas(Vec<tollgate::ClientQuota>);
+
+impl tollgate::ClientQuotas for Quotas {
+    type Error = std::convert::Infallible;
+
+    async fn load(&self) -> Result<Vec<tollgate::ClientQuota>, Self::Error> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Client quotas that fit no limit are left out with a warning that says how many; quotas
+/// that all fit give none.
+#[tokio::test]
+async fn client_quotas_left_out_are_counted_in_one_warning() {
+    let captured = Captured::default();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let limit = || {
+        Limit::per_minute("per_key", 10).key(KeyPart::header(HeaderName::from_static("x-api-key")))
+    };
+    let digest = RateLimitLayer::builder()
+        .limit(limit())
+        .build()
+        .unwrap()
+        .client_digest("per_key", "trial")
+        .unwrap();
+    let quota = |rule: &str| tollgate::ClientQuota {
+        rule: rule.into(),
+        client: digest,
+        quota: tollgate::Quota::per_minute(20).unwrap(),
+    };
+    let warnings = || {
+        captured
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("were left out"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let refresh = std::time::Duration::from_millis(10);
+    let fitting = RateLimitLayer::builder()
+        .limit(limit())
+        .client_quotas(Quotas(vec![quota("per_key")]), refresh)
+        .build()
+        .unwrap();
+    let misfits = RateLimitLayer::builder()
+        .limit(limit())
+        .client_quotas(
+            Quotas(vec![quota("per_key"), quota("no_such_limit")]),
+            refresh,
+        )
+        .build()
+        .unwrap();
+    for _ in 0..200 {
+        if !warnings().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Both tables have been read several times by now: one warning, from the misfits alone.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let warned = warnings();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("skipped=1"), "{warned:?}");
+    drop((fitting, misfits));
+}
