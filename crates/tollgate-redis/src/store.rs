@@ -493,6 +493,23 @@ impl RedisStore {
         hit.then(|| Outcome::new(checks, decisions, false))
     }
 
+    /// The outcome of `checks` from Redis's decisions; a charged request's enforced denials go
+    /// into the deny cache.
+    fn outcome(
+        &self,
+        checks: &[Check<'_>],
+        decisions: Decisions,
+        replayed: bool,
+        mode: Mode,
+        sent: Nanos,
+    ) -> Outcome {
+        let outcome = Outcome::new(checks, decisions, replayed);
+        if mode == Mode::Check {
+            self.remember_denials(checks, &outcome, sent);
+        }
+        outcome
+    }
+
     /// Puts the enforced denials of a charged request in the deny cache.
     fn remember_denials(&self, checks: &[Check<'_>], outcome: &Outcome, sent: Nanos) {
         let Some(cache) = &self.inner.deny_cache else {
@@ -560,11 +577,8 @@ impl RedisStore {
                 None => ReplayArg::None,
             };
             let reply = self.call(Call::decide(mode, now, &targets, replay)).await?;
-            let outcome = Outcome::new(checks, reply.decisions.into(), reply.replayed);
-            if mode == Mode::Check {
-                self.remember_denials(checks, &outcome, sent);
-            }
-            return Ok(outcome);
+            let decisions = reply.decisions.into();
+            return Ok(self.outcome(checks, decisions, reply.replayed, mode, sent));
         }
         let replay = replay_key.map(|(k, r)| (k, *r));
         self.remote_cluster(checks, targets, groups, replay, mode, sent)

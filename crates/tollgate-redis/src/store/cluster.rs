@@ -42,11 +42,7 @@ impl RedisStore {
         let (decisions, replayed) = task.await.map_err(|e| {
             RedisStoreError::Protocol(format!("the Cluster exchange task failed: {e}"))
         })??;
-        let outcome = Outcome::new(checks, decisions, replayed);
-        if mode == Mode::Check {
-            self.remember_denials(checks, &outcome, sent);
-        }
-        Ok(outcome)
+        Ok(self.outcome(checks, decisions, replayed, mode, sent))
     }
 
     /// The Cluster exchange: take the free replay first (its record may live on another slot),

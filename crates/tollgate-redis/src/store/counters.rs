@@ -59,6 +59,18 @@ struct Counter {
 }
 
 impl Counter {
+    /// Charges this counter in `pipe`: `SET NX PX` first, so that a new key has its expiry
+    /// from the start, then `INCRBY` (its reply, the count after the charge, is the one kept).
+    fn push_charge(&self, pipe: &mut redis::Pipeline) {
+        pipe.cmd("SET")
+            .arg(&self.key)
+            .arg(0)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl_ms)
+            .ignore();
+        pipe.cmd("INCRBY").arg(&self.key).arg(self.rule.cost());
+    }
     fn new(index: usize, target: &Target, now: Nanos, slack: Duration) -> Self {
         let period = saturating_nanos(target.rule.quota().period());
         let window = now / period;
@@ -249,11 +261,7 @@ impl RedisStore {
             store.counter_exchange(targets, replay, mode, sent).await
         }))
         .await?;
-        let outcome = Outcome::new(checks, decisions, replayed);
-        if mode == Mode::Check {
-            self.remember_denials(checks, &outcome, sent);
-        }
-        Ok(outcome)
+        Ok(self.outcome(checks, decisions, replayed, mode, sent))
     }
 
     /// The counters' exchange: take the free replay first (if any rule honours it), then decide
@@ -496,14 +504,7 @@ impl RedisStore {
         pipe.ignore_errors();
         for (c, &charge) in group.iter().zip(&charges) {
             if charge {
-                pipe.cmd("SET")
-                    .arg(&c.key)
-                    .arg(0)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(c.ttl_ms)
-                    .ignore();
-                pipe.cmd("INCRBY").arg(&c.key).arg(c.rule.cost());
+                c.push_charge(&mut pipe);
             } else {
                 pipe.cmd("GET").arg(&c.key);
             }
@@ -595,14 +596,7 @@ impl RedisStore {
             for &i in &pending {
                 let c = &group[i];
                 pipe.cmd(delete).arg(&c.key);
-                pipe.cmd("SET")
-                    .arg(&c.key)
-                    .arg(0)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(c.ttl_ms)
-                    .ignore();
-                pipe.cmd("INCRBY").arg(&c.key).arg(c.rule.cost());
+                c.push_charge(&mut pipe);
             }
             let values = self.inner.conn.pipeline(&pipe).await?;
             let mut again = Vec::new();
