@@ -67,6 +67,25 @@ async fn a_client_with_its_own_quota_gets_it_and_its_headers_say_so() {
     assert_eq!((passed, limits[0].as_str()), (2, "2"));
 }
 
+/// Limits of 10,000 and more are rendered once when the layer is built; a client with a quota
+/// of its own is still told its own limit, never the one rendered for everybody else.
+#[tokio::test]
+async fn a_large_limit_rendered_at_build_is_reported_only_for_itself() {
+    let client = serve(
+        Limit::per_minute("per_key", 20_000)
+            .key(api_key())
+            .quota_for("enterprise-demo", Quota::per_minute(50_000).unwrap()),
+    )
+    .await;
+    for (key, limit) in [
+        (&b"enterprise-demo"[..], "50000"),
+        (b"someone-else", "20000"),
+    ] {
+        let reply = client.send(Method::GET, "/", &[("x-api-key", key)]).await;
+        assert_eq!(reply.header("x-ratelimit-limit"), Some(limit));
+    }
+}
+
 #[tokio::test]
 async fn a_tier_applies_its_quota_and_a_client_quota_wins_over_it() {
     let client = serve(per_key()).await;
