@@ -5,19 +5,14 @@
 //! and the VMArea preset through the HTTP layer.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::Request;
 use axum::routing::{get, post};
 use axum::Router;
 use http::{Method, StatusCode};
 use tollgate::presets::vmarea::VmArea;
-use tollgate::TokenId;
 use tollgate_core::{
     conformance, Algorithm, Check, Key, KeySecret, ManualClock, Nanos, Quota, Replay, Rule, Store,
 };
@@ -25,6 +20,7 @@ use tollgate_redis::{FailurePolicy, RedisConnection, RedisStore};
 use tower::ServiceExt;
 
 use crate::differential::{differential, seed, COVERING_SEED};
+use crate::http_keyspace::{auth, request};
 use crate::support::{patient, patient_cluster, scan_keys, TestCluster, TestRedis};
 
 fn nonce() -> u128 {
@@ -510,32 +506,6 @@ async fn a_corrupt_counter_key_is_fresh_state() {
         (0, 0, 0),
         "{stats:?}"
     );
-}
-
-/// The app's auth layer: a non-empty `x-api-key` authenticates.
-async fn auth(mut req: Request, next: Next) -> Response {
-    if let Some(key) = req
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .filter(|k| !k.is_empty())
-    {
-        let id = TokenId(format!("tok_{key}"));
-        req.extensions_mut().insert(id);
-    }
-    next.run(req).await
-}
-
-fn request(method: Method, path: &str, ip: &str, headers: &[(&str, &str)]) -> Request {
-    let mut req = Request::builder().method(method).uri(path);
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let mut req = req.body(Body::empty()).unwrap();
-    let addr: std::net::IpAddr = ip.parse().unwrap();
-    req.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::new(addr, 40_000)));
-    req
 }
 
 /// The VMArea preset end to end through the HTTP layer on counters: per-token and per-IP

@@ -33,8 +33,8 @@ const BEARER: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0NzExIn0.c2lnbmF0dXJl";
 const QUERY_API_KEY: &str = "qk_1c2d3e4f5a6b7c8d";
 
 /// The app's auth layer: a non-empty `x-api-key` authenticates; the token id is the key with a
-/// prefix (itself an identity: it must not reach Redis either).
-async fn auth(mut req: Request, next: Next) -> Response {
+/// prefix (itself an identity: it must not reach Redis either). The counters' tests use it too.
+pub(crate) async fn auth(mut req: Request, next: Next) -> Response {
     if let Some(key) = req
         .headers()
         .get("x-api-key")
@@ -47,7 +47,8 @@ async fn auth(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn request(method: Method, path: &str, ip: &str, headers: &[(&str, &str)]) -> Request {
+/// A request from `ip` with `headers`, as the server's connect info gives it.
+pub(crate) fn request(method: Method, path: &str, ip: &str, headers: &[(&str, &str)]) -> Request {
     let mut req = Request::builder().method(method).uri(path);
     for (name, value) in headers {
         req = req.header(*name, *value);
