@@ -45,6 +45,21 @@ fn request() -> Request {
     req
 }
 
+/// The statuses of three requests from one client through the file's layer on `store`.
+async fn three_requests(config: &Config, store: RedisStore) -> Vec<StatusCode> {
+    let layer = config
+        .build(RateLimitLayer::builder().store(store))
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "hello" }))
+        .layer(layer);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(app.clone().oneshot(request()).await.unwrap().status());
+    }
+    statuses
+}
+
 #[tokio::test]
 async fn the_files_redis_store_decides_and_holds_the_state() {
     let redis = TestRedis::start_controllable().await;
@@ -58,18 +73,8 @@ async fn the_files_redis_store_decides_and_holds_the_state() {
 
     let store = config.redis_store().await.unwrap().unwrap();
     assert_eq!(store.prefix(), "cfgtest");
-    let layer = config
-        .build(RateLimitLayer::builder().store(store))
-        .unwrap();
-    let app = Router::new()
-        .route("/", get(|| async { "hello" }))
-        .layer(layer);
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(app.clone().oneshot(request()).await.unwrap().status());
-    }
     assert_eq!(
-        statuses,
+        three_requests(&config, store).await,
         [
             StatusCode::OK,
             StatusCode::OK,
@@ -85,7 +90,8 @@ async fn the_files_redis_store_decides_and_holds_the_state() {
 /// same answers, each window its own integer key.
 #[tokio::test]
 async fn the_files_fixed_window_counters_put_its_windows_on_counter_keys() {
-    let redis = TestRedis::start().await;
+    // A server of its own: the scan below sees every key there is.
+    let redis = TestRedis::start_controllable().await;
     let text = file(&format!("url = \"{}\"", redis.url())).replace(
         "quota = \"2/minute\"",
         "quota = \"2/minute\"\nalgorithm = \"fixed_window\"",
@@ -93,18 +99,8 @@ async fn the_files_fixed_window_counters_put_its_windows_on_counter_keys() {
     let config = Config::from_toml(&text, "redis.toml").unwrap();
     let store = config.redis_store().await.unwrap().unwrap();
     assert!(format!("{store:?}").contains("fixed_window_counters: true"));
-    let layer = config
-        .build(RateLimitLayer::builder().store(store))
-        .unwrap();
-    let app = Router::new()
-        .route("/", get(|| async { "hello" }))
-        .layer(layer);
-    let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(app.clone().oneshot(request()).await.unwrap().status());
-    }
     assert_eq!(
-        statuses,
+        three_requests(&config, store).await,
         [
             StatusCode::OK,
             StatusCode::OK,
