@@ -527,21 +527,17 @@ fn layer_and_service_clones_are_cheap_and_shared() {
     let _: Infallible;
 }
 
-/// A memory store whose answers are altered by `tamper` before the layer sees them: a store
-/// that answers something other than the question.
+/// A memory store whose answers are altered before the layer sees them: a store that answers
+/// something other than the question. `peek` alters peeks (limits charged by the response are
+/// peeked first), `check` alters checks and charges.
 #[derive(Clone)]
-struct TamperedStore(MemoryStore<ManualClock>, fn(&mut Outcome));
-
-/// The same for peeks (limits charged by the response are peeked first), with charges left as
-/// the memory store answers them unless `check` says otherwise.
-#[derive(Clone)]
-struct TamperedPeeks {
+struct TamperedStore {
     store: MemoryStore<ManualClock>,
     peek: fn(&mut Outcome),
     check: fn(&mut Outcome),
 }
 
-impl Store for TamperedPeeks {
+impl Store for TamperedStore {
     type Error = Infallible;
 
     async fn check(
@@ -558,24 +554,6 @@ impl Store for TamperedPeeks {
         let mut outcome = self.store.peek(checks).await?;
         (self.peek)(&mut outcome);
         Ok(outcome)
-    }
-}
-
-impl Store for TamperedStore {
-    type Error = Infallible;
-
-    async fn check(
-        &self,
-        checks: &[Check<'_>],
-        replay: Option<&Replay>,
-    ) -> Result<Outcome, Infallible> {
-        let mut outcome = self.0.check(checks, replay).await?;
-        (self.1)(&mut outcome);
-        Ok(outcome)
-    }
-
-    async fn peek(&self, checks: &[Check<'_>]) -> Result<Outcome, Infallible> {
-        self.0.peek(checks).await
     }
 }
 
@@ -596,7 +574,11 @@ async fn a_store_answer_that_does_not_fit_the_request_is_a_503() {
     for (what, tamper) in tampers {
         let (store, _clock) = manual_store(Duration::ZERO);
         let limiter = RateLimitLayer::builder()
-            .store(TamperedStore(store, tamper))
+            .store(TamperedStore {
+                store,
+                peek: |_| {},
+                check: tamper,
+            })
             .limit(per_ip(100))
             .build()
             .unwrap();
@@ -623,7 +605,7 @@ async fn a_peek_or_charge_that_does_not_fit_a_request_charged_by_its_response_is
     let layer_over = |peek, check| {
         let (store, _clock) = manual_store(Duration::ZERO);
         RateLimitLayer::builder()
-            .store(TamperedPeeks { store, peek, check })
+            .store(TamperedStore { store, peek, check })
             .limit(per_ip(100))
             .limit(
                 Limit::per_minute("failed_logins", 5)
